@@ -1,0 +1,3 @@
+from chronoserve.cli import main
+
+raise SystemExit(main())

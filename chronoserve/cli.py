@@ -1,0 +1,213 @@
+"""The ``chronoserve`` command line. ``main(argv) -> int`` so it is tested in-process.
+
+Heavy imports (the engine's models, torch) happen inside the subcommands, so ``--help``
+stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import ChronoserveError, InvalidRequest
+
+
+class UsageError(Exception):
+    """A bad command line: printed as ``error: ...`` with exit code 2."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _quantiles(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every command that runs the engine."""
+    group = parser.add_argument_group("engine")
+    group.add_argument("--policy", default="batched", help="naive, lru, batched, a plugin name or module:Class")
+    group.add_argument("--max-batch", type=_positive_int, default=None, help="batched: B, requests per batch")
+    group.add_argument("--max-wait-ms", type=float, default=None, help="batched: Δt after the oldest request")
+    group.add_argument("--max-resident", type=_positive_int, default=None, help="lru/batched: K resident models")
+    group.add_argument("--memory-budget", default=None, help="lru/batched: bytes of resident models, e.g. 2GB")
+    group.add_argument("--workers", type=_positive_int, default=None, help="inference threads (default: 2)")
+    group.add_argument("--torch-threads", type=_positive_int, default=None, help="torch threads per worker")
+    group.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    group.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model dtype")
+
+
+def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Engine constructor arguments from :func:`add_engine_options`' flags."""
+    options: dict[str, Any] = {}
+    if args.max_batch is not None:
+        options["max_batch"] = args.max_batch
+    if args.max_wait_ms is not None:
+        options["max_wait"] = args.max_wait_ms / 1000.0
+    if args.max_resident is not None:
+        options["max_resident"] = args.max_resident
+    if args.memory_budget is not None:
+        options["memory_budget"] = args.memory_budget
+    return {
+        "policy": args.policy,
+        "policy_options": options,
+        "workers": args.workers,
+        "torch_threads": args.torch_threads,
+        "device": args.device,
+        "dtype": args.dtype,
+    }
+
+
+def _read_series(args: argparse.Namespace) -> list[float]:
+    if args.values is not None:
+        try:
+            return [float(x) if x.strip().lower() not in ("", "nan") else math.nan for x in args.values.split(",")]
+        except ValueError:
+            raise UsageError(f"--values: expected comma-separated numbers, got {args.values!r}") from None
+    path = Path(args.csv)
+    if not path.is_file():
+        raise UsageError(f"--csv: no such file: {path}")
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        if args.column not in (reader.fieldnames or []):
+            raise UsageError(f"--column: {args.column!r} is not a column of {path} (columns: {reader.fieldnames})")
+        values = []
+        for row in reader:
+            cell = (row[args.column] or "").strip()
+            try:
+                values.append(float(cell) if cell else math.nan)
+            except ValueError:
+                raise UsageError(f"--column {args.column}: not a number: {cell!r}") from None
+        return values
+
+
+def cmd_forecast(args: argparse.Namespace) -> int:
+    from .request import ForecastRequest
+    from .sync import forecast
+
+    series = _read_series(args)
+    request = ForecastRequest(
+        model=args.model,
+        target=series,
+        horizon=args.horizon,
+        context_length=args.context_length,
+        quantile_levels=args.quantiles,
+    )
+    result = forecast(request, **engine_kwargs(args))
+    assert not isinstance(result, list)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return 0
+    if result.random_weights:
+        print(f"# {result.model} has RANDOM weights: these numbers are not forecasts", file=sys.stderr)
+    levels = [f"q{q:g}" for q in result.quantile_levels]
+    print("step\tmedian\t" + "\t".join(levels))
+    for h in range(result.horizon):
+        print(f"{h + 1}\t{result.median[h]:.4f}\t" + "\t".join(f"{v:.4f}" for v in result.quantiles[h]))
+    t = result.timings
+    print(
+        f"# model={result.model} policy={result.policy} context={result.context_used} cold_start={result.cold_start} "
+        f"load={t.load:.3f}s inference={t.inference:.3f}s total={t.total:.3f}s",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_policies(args: argparse.Namespace) -> int:
+    import inspect
+
+    from .plugins import available_policies, load_policy
+
+    for name, reference in available_policies().items():
+        try:
+            policy = load_policy(name)
+        except ChronoserveError as exc:
+            print(f"{name:10s} {reference}  BROKEN: {exc}")
+            continue
+        params = inspect.signature(type(policy)).parameters
+        options = ", ".join(f"{p}={v.default!r}" for p, v in params.items() if v.default is not inspect.Parameter.empty)
+        print(f"{name:10s} {reference}  ({options})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chronoserve",
+        description="Serve Chronos forecasting models: an asyncio engine with pluggable scheduling policies.",
+    )
+    parser.add_argument("--version", action="version", version=f"chronoserve {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    from .models._cli import register as register_models
+
+    register_models(sub)
+
+    policies = sub.add_parser("policies", help="list the installed scheduling policies and their options")
+    policies.set_defaults(func=cmd_policies)
+
+    fc = sub.add_parser(
+        "forecast",
+        help="forecast one series from a CSV column or a list of values",
+        description="Forecast one series through the engine and print the median and quantiles per step.",
+    )
+    source = fc.add_mutually_exclusive_group(required=True)
+    source.add_argument("--csv", help="CSV file with a header row")
+    source.add_argument("--values", help="comma-separated history, oldest first (empty or nan for gaps)")
+    fc.add_argument("--column", default="pm25", help="CSV column to forecast (default: pm25)")
+    fc.add_argument("--model", default="random/chronos-bolt-tiny", help="catalog name, random/NAME, hub id or dir")
+    fc.add_argument("--horizon", type=_positive_int, default=24, help="steps to forecast (default: 24)")
+    fc.add_argument("--context-length", type=_positive_int, default=None, help="use only the last N points")
+    fc.add_argument("--quantiles", type=_quantiles, default=[0.1, 0.5, 0.9], help="levels (default: 0.1,0.5,0.9)")
+    fc.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_engine_options(fc)
+    fc.set_defaults(func=cmd_forecast)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        code: int = func(args)
+    except UsageError as exc:
+        print(f"chronoserve: error: {exc}", file=sys.stderr)
+        return 2
+    except InvalidRequest as exc:
+        print(f"chronoserve: error: {exc}", file=sys.stderr)
+        return 2
+    except ChronoserveError as exc:
+        print(f"chronoserve: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("chronoserve: interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

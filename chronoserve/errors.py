@@ -1,0 +1,78 @@
+"""Every error chronoserve raises on purpose, so callers can tell them apart.
+
+Each carries a short machine-readable ``reason`` (the HTTP server and the metrics use it)
+and, for bad input, the ``field`` that is wrong.
+"""
+
+from __future__ import annotations
+
+
+class ChronoserveError(Exception):
+    """Base class of chronoserve's errors."""
+
+    reason = "error"
+
+
+class InvalidRequest(ChronoserveError, ValueError):
+    """A request that cannot be served as it is. ``field`` names the culprit."""
+
+    reason = "invalid_request"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class UnknownModel(InvalidRequest):
+    """The model name is neither in the catalog, nor a local checkpoint, nor allowed."""
+
+    reason = "unknown_model"
+
+    def __init__(self, name: str, message: str | None = None) -> None:
+        super().__init__("model", message or f"unknown model {name!r}")
+        self.name = name
+
+
+class ModelLoadError(ChronoserveError):
+    """The model could not be loaded; the requests that wanted it fail with this."""
+
+    reason = "model_load_failed"
+
+    def __init__(self, model: str, message: str) -> None:
+        super().__init__(f"could not load model {model!r}: {message}")
+        self.model = model
+
+
+class InferenceError(ChronoserveError):
+    """The batch this request ran in raised; ``__cause__`` holds the original exception."""
+
+    reason = "inference_failed"
+
+
+class QueueFull(ChronoserveError):
+    """Refused at submission because the engine's queue is at ``max_queue``."""
+
+    reason = "queue_full"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"queue full ({limit} requests waiting); retry later")
+        self.limit = limit
+
+
+class EngineClosed(ChronoserveError):
+    """The engine is closed or closing and accepts no new requests; or it closed before serving this one."""
+
+    reason = "engine_closed"
+
+
+class Rejected(ChronoserveError):
+    """The policy refused the request (for example: its model can never fit the memory budget)."""
+
+    reason = "rejected"
+
+
+class PolicyError(ChronoserveError):
+    """A policy plugin is invalid, or returned a decision the engine cannot carry out."""
+
+    reason = "policy_error"

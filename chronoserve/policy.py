@@ -1,0 +1,136 @@
+"""The policy interface: what a scheduling policy sees and what it may decide.
+
+A policy is pure decision logic. The engine calls :meth:`Policy.decide` with a frozen
+:class:`SchedulerState` and the current time whenever something changes (a request
+arrives, a batch or a load finishes, a timer the policy asked for fires) and carries out
+the returned decisions in order. A policy does no I/O, starts no threads, never awaits
+and never imports torch, so it is unit-tested by building states by hand.
+
+Decisions:
+
+- :class:`Load` a model (it becomes resident once loaded; the engine never loads one model
+  twice at once),
+- :class:`Evict` a resident model (the engine refuses to evict one that is loading or
+  running a batch),
+- :class:`Dispatch` some queued requests of one model as a batch on a free worker
+  (``ephemeral=True``: load a private copy for this batch and drop it after, as the
+  ``naive`` policy does),
+- :class:`Fail` requests with a reason (for example a model that can never fit),
+- :class:`WakeAt` a time: call ``decide`` again then, even if nothing else happens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedRequest:
+    """A request waiting in its model's queue, as a policy sees it."""
+
+    seq: int
+    """Engine-wide sequence number; decisions name requests by it."""
+    model: str
+    arrival: float
+    """When the request was accepted, on the engine's clock."""
+    horizon: int
+    context_length: int
+    """Points of history the model will read (after truncation)."""
+    key: Hashable
+    """Batch key: requests may share a batch only when their keys are equal."""
+    deadline: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelState:
+    """A model that is resident or being loaded."""
+
+    name: str
+    status: Literal["loading", "ready"]
+    nbytes: int
+    """Measured size once ready; the estimate while loading."""
+    last_used: float
+    """When a batch on it last finished (or when it finished loading)."""
+    running: int
+    """Batches running on it now."""
+
+    @property
+    def busy(self) -> bool:
+        return self.status == "loading" or self.running > 0
+
+
+@dataclass(frozen=True, slots=True)
+class RunningBatch:
+    model: str
+    size: int
+    started: float
+    ephemeral: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerState:
+    """A snapshot of the engine, taken just before ``decide`` is called."""
+
+    queues: Mapping[str, Sequence[QueuedRequest]]
+    """Per model, waiting requests in arrival order. Models with an empty queue are absent."""
+    models: Mapping[str, ModelState]
+    """Resident and loading models."""
+    running: Sequence[RunningBatch]
+    free_workers: int
+    """Inference workers with nothing to do: at most this many batches can be dispatched now."""
+    model_sizes: Mapping[str, int]
+    """Estimated bytes of every model named in ``queues`` or ``models``."""
+    draining: bool = False
+    """The engine is closing: run what is queued now rather than wait for fuller batches."""
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class Evict:
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    model: str
+    requests: tuple[int, ...]
+    """Sequence numbers, all queued for ``model`` and sharing one batch key."""
+    ephemeral: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    requests: tuple[int, ...]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class WakeAt:
+    time: float
+
+
+Decision = Load | Evict | Dispatch | Fail | WakeAt
+
+
+class Policy:
+    """Base class of scheduling policies (subclassing it is optional; the validator checks the shape).
+
+    Set :attr:`name` and implement :meth:`decide`. Options are constructor keyword
+    arguments; the engine passes ``policy_options`` to the constructor.
+    """
+
+    name: ClassVar[str] = "policy"
+
+    def decide(self, state: SchedulerState, now: float) -> Sequence[Decision]:
+        """Return the decisions to carry out now, in order."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, object]:
+        """The policy's settings, for reports. Override to list your options."""
+        return {"name": self.name}

@@ -1,0 +1,85 @@
+"""The model pool: which models are resident or loading, their sizes, use and load history."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .models.base import ModelBackend, ModelSpec
+from .policy import ModelState
+
+
+@dataclass
+class PoolEntry:
+    spec: ModelSpec
+    status: Literal["loading", "ready"]
+    load_started: float
+    backend: ModelBackend | None = None
+    nbytes: int = 0
+    last_used: float = 0.0
+    running: int = 0
+    load_finished: float | None = None
+    waiters: set[int] = field(default_factory=set)
+
+    @property
+    def load_seconds(self) -> float | None:
+        return None if self.load_finished is None else self.load_finished - self.load_started
+
+    def state(self) -> ModelState:
+        return ModelState(self.spec.name, self.status, self.nbytes, self.last_used, self.running)
+
+
+@dataclass(frozen=True)
+class LoadRecord:
+    """A finished load, kept to tell requests that waited for it how long they waited."""
+
+    model: str
+    started: float
+    finished: float
+
+
+class ModelPool:
+    """Bookkeeping only: the engine decides when to load and evict (as its policy says)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, PoolEntry] = {}
+        self.last_load: dict[str, LoadRecord] = {}
+        self.loads = 0
+        self.evictions = 0
+        self.load_failures = 0
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.entries
+
+    def get(self, name: str) -> PoolEntry | None:
+        return self.entries.get(name)
+
+    def begin_load(self, spec: ModelSpec, now: float) -> PoolEntry:
+        entry = PoolEntry(spec=spec, status="loading", load_started=now, nbytes=spec.est_nbytes)
+        self.entries[spec.name] = entry
+        return entry
+
+    def finish_load(self, name: str, backend: ModelBackend, now: float) -> PoolEntry:
+        entry = self.entries[name]
+        entry.status = "ready"
+        entry.backend = backend
+        entry.nbytes = backend.nbytes
+        entry.load_finished = now
+        entry.last_used = now
+        self.loads += 1
+        self.last_load[name] = LoadRecord(name, entry.load_started, now)
+        return entry
+
+    def fail_load(self, name: str) -> None:
+        self.entries.pop(name, None)
+        self.load_failures += 1
+
+    def remove(self, name: str) -> PoolEntry:
+        self.evictions += 1
+        return self.entries.pop(name)
+
+    def states(self) -> dict[str, ModelState]:
+        return {name: entry.state() for name, entry in self.entries.items()}
+
+    def resident_bytes(self) -> int:
+        return sum(e.nbytes for e in self.entries.values() if e.status == "ready")

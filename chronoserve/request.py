@@ -1,0 +1,210 @@
+"""Forecast requests and results, and the validation that turns one into the other's input."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidRequest
+from .models.base import FloatArray, ModelSpec, PreparedRequest
+
+DEFAULT_QUANTILES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class ForecastRequest:
+    """One forecast to make.
+
+    ``target`` is the history, oldest first; NaN marks a gap. ``context_length`` keeps only
+    its last N points. Covariates are Chronos-2 only: each past covariate has one value per
+    target point, each future covariate one value per horizon step and past values too.
+    ``seed`` fixes Chronos-T5's sampling (the other families are deterministic).
+    """
+
+    model: str
+    target: Sequence[float] | FloatArray
+    horizon: int
+    request_id: str = field(default_factory=_new_id)
+    context_length: int | None = None
+    quantile_levels: Sequence[float] = DEFAULT_QUANTILES
+    past_covariates: Mapping[str, Sequence[float]] | None = None
+    future_covariates: Mapping[str, Sequence[float]] | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Where a request's time went, in seconds. ``queue + load + inference == total``.
+
+    ``load`` is the part of the wait spent on loading the request's model (0 when it was
+    resident), ``inference`` the run of the batch it was in, and ``queue`` the rest:
+    waiting for a batch to form, for a worker, or behind other models' loads.
+    """
+
+    queue: float
+    load: float
+    inference: float
+    total: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"queue": self.queue, "load": self.load, "inference": self.inference, "total": self.total}
+
+
+@dataclass(frozen=True)
+class ForecastResult:
+    """The answer to a :class:`ForecastRequest`.
+
+    ``quantiles[h, j]`` is the forecast at step ``h`` for ``quantile_levels[j]``.
+    ``random_weights`` is True when the model's weights are random: then the numbers are
+    not forecasts, only the timings are meaningful.
+    """
+
+    request_id: str
+    model: str
+    random_weights: bool
+    policy: str
+    quantile_levels: tuple[float, ...]
+    quantiles: FloatArray
+    median: FloatArray
+    batch_size: int
+    cold_start: bool
+    timings: Timings
+    context_used: int
+
+    @property
+    def horizon(self) -> int:
+        return int(self.median.shape[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (lists of floats; NaN stays NaN)."""
+        return {
+            "request_id": self.request_id,
+            "model": self.model,
+            "random_weights": self.random_weights,
+            "policy": self.policy,
+            "quantile_levels": list(self.quantile_levels),
+            "median": self.median.tolist(),
+            "quantiles": {str(q): self.quantiles[:, j].tolist() for j, q in enumerate(self.quantile_levels)},
+            "batch_size": self.batch_size,
+            "cold_start": self.cold_start,
+            "timings": self.timings.to_dict(),
+            "context_used": self.context_used,
+        }
+
+
+def _as_series(field_name: str, values: object) -> FloatArray:
+    try:
+        arr = np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(field_name, f"must be a sequence of numbers ({exc})") from None
+    if arr.ndim != 1:
+        raise InvalidRequest(field_name, f"must be one-dimensional, got shape {arr.shape}")
+    if np.isinf(arr).any():
+        raise InvalidRequest(field_name, "contains infinite values (use NaN for gaps)")
+    return arr
+
+
+def _check_int(field_name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidRequest(field_name, f"must be an integer, got {value!r}")
+    if value < minimum:
+        raise InvalidRequest(field_name, f"must be at least {minimum}, got {value}")
+    return int(value)
+
+
+def _check_levels(levels: Sequence[float]) -> tuple[float, ...]:
+    try:
+        out = tuple(float(q) for q in levels)
+    except (TypeError, ValueError):
+        raise InvalidRequest("quantile_levels", "must be a list of numbers") from None
+    if not out:
+        raise InvalidRequest("quantile_levels", "must not be empty")
+    bad = [q for q in out if not (0.0 < q < 1.0) or math.isnan(q)]
+    if bad:
+        raise InvalidRequest("quantile_levels", f"levels must lie strictly between 0 and 1, got {bad}")
+    if len(set(out)) != len(out):
+        raise InvalidRequest("quantile_levels", "levels must be distinct")
+    return out
+
+
+def prepare(request: ForecastRequest, spec: ModelSpec) -> PreparedRequest:
+    """Validate ``request`` against ``spec`` and cut it to what the model reads.
+
+    Raises :class:`InvalidRequest` naming the field at fault.
+    """
+    horizon = _check_int("horizon", request.horizon, 1)
+    if horizon > spec.max_horizon:
+        raise InvalidRequest(
+            "horizon", f"{horizon} exceeds what {spec.name} produces in one pass ({spec.max_horizon} steps)"
+        )
+    target = _as_series("target", request.target)
+    if target.size == 0:
+        raise InvalidRequest("target", "must not be empty")
+    n = target.size
+    if request.context_length is not None:
+        wanted = _check_int("context_length", request.context_length, 1)
+        if wanted > spec.context_length:
+            raise InvalidRequest(
+                "context_length", f"{wanted} exceeds the context limit of {spec.name} ({spec.context_length} points)"
+            )
+        if wanted > n:
+            raise InvalidRequest("context_length", f"{wanted} exceeds the history given ({n} points)")
+        n = wanted
+    n = min(n, spec.context_length)
+    context = target[-n:]
+    if np.isnan(context).all():
+        raise InvalidRequest("target", f"the last {n} points have no observed value (all NaN)")
+    levels = _check_levels(request.quantile_levels)
+    past, future = _prepare_covariates(request, spec, target.size, n, horizon)
+    seed = _check_int("seed", request.seed, 0)
+    return PreparedRequest(
+        context=np.ascontiguousarray(context),
+        horizon=horizon,
+        quantile_levels=levels,
+        past_covariates=past,
+        future_covariates=future,
+        seed=seed,
+    )
+
+
+def _prepare_covariates(
+    request: ForecastRequest, spec: ModelSpec, target_len: int, n: int, horizon: int
+) -> tuple[dict[str, FloatArray] | None, dict[str, FloatArray] | None]:
+    past_in, future_in = request.past_covariates, request.future_covariates
+    if not past_in and not future_in:
+        return None, None
+    if not spec.supports_covariates:
+        field_name = "past_covariates" if past_in else "future_covariates"
+        raise InvalidRequest(
+            field_name, f"{spec.name} ({spec.family}) cannot use covariates; only Chronos-2 models can"
+        )
+    past: dict[str, FloatArray] = {}
+    for name, values in (past_in or {}).items():
+        arr = _as_series(f"past_covariates.{name}", values)
+        if arr.size != target_len:
+            raise InvalidRequest(
+                f"past_covariates.{name}", f"has {arr.size} values; the target has {target_len}: they must match"
+            )
+        past[str(name)] = np.ascontiguousarray(arr[-n:])
+    future: dict[str, FloatArray] = {}
+    for name, values in (future_in or {}).items():
+        arr = _as_series(f"future_covariates.{name}", values)
+        if arr.size != horizon:
+            raise InvalidRequest(
+                f"future_covariates.{name}", f"has {arr.size} values; the horizon is {horizon}: they must match"
+            )
+        if name not in past:
+            raise InvalidRequest(
+                f"future_covariates.{name}", "a known-future covariate needs its past values in past_covariates too"
+            )
+        future[str(name)] = arr
+    return past or None, future or None

@@ -1,0 +1,284 @@
+"""Helpers to test policies and code that uses the engine, without sleeping and without torch.
+
+- :class:`FakeClock`: time moves only when :meth:`FakeClock.advance` says so.
+- :class:`FakeModel` / :class:`FakeLoader`: a model seam that answers instantly and
+  deterministically (the median is the last observed value), records every batch it ran,
+  and can be told to fail loading or inference.
+- :func:`fake_engine`: an :class:`~chronoserve.Engine` wired to all of the above with an
+  inline executor.
+- :func:`settle`: let the event loop run until the engine has nothing left to do now.
+- :func:`state` and :func:`queued`: build :class:`~chronoserve.policy.SchedulerState`
+  snapshots by hand for pure policy tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import ModelLoadError, UnknownModel
+from .executor import InlineExecutor
+from .models.base import Forecast, ModelBackend, ModelLoader, ModelSpec, PreparedRequest
+from .policy import ModelState, Policy, QueuedRequest, RunningBatch, SchedulerState
+
+__all__ = [
+    "FakeClock",
+    "FakeLoader",
+    "FakeModel",
+    "fake_engine",
+    "fake_spec",
+    "queued",
+    "settle",
+    "state",
+]
+
+
+class _FakeTimer:
+    def __init__(self, clock: FakeClock, entry: list[Any]) -> None:
+        self._clock = clock
+        self._entry = entry
+
+    def cancel(self) -> None:
+        self._entry[2] = None
+
+
+class FakeClock:
+    """A clock for tests. ``now()`` stays put until :meth:`advance` or :meth:`set` move it;
+    timers whose time has come fire (on the event loop) as it moves.
+
+    With ``autojump=True`` the clock also jumps to a timer by itself once the event loop has
+    had :data:`AUTOJUMP_TURNS` turns without the timer being cancelled (that is, when
+    everything that could run has run), like trio's ``MockClock(autojump_threshold=0)``:
+    a test then never hangs on a timer nobody advances to, and still takes no real time.
+    """
+
+    AUTOJUMP_TURNS = 50
+
+    def __init__(self, start: float = 0.0, *, autojump: bool = False) -> None:
+        self._now = start
+        self._timers: list[list[Any]] = []
+        self._order = itertools.count()
+        self.autojump = autojump
+
+    def now(self) -> float:
+        return self._now
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> _FakeTimer:
+        entry: list[Any] = [when, next(self._order), callback]
+        heapq.heappush(self._timers, entry)
+        if when <= self._now:
+            self._fire()
+        elif self.autojump:
+            asyncio.get_running_loop().create_task(self._jump_when_idle(entry))
+        return _FakeTimer(self, entry)
+
+    async def _jump_when_idle(self, entry: list[Any]) -> None:
+        await settle(self.AUTOJUMP_TURNS)
+        if entry[2] is not None and entry[0] > self._now:
+            self.set(entry[0])
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward by ``seconds`` and fire the timers that are due."""
+        if seconds < 0:
+            raise ValueError("time can't go backwards")
+        self.set(self._now + seconds)
+
+    def set(self, now: float) -> None:
+        if now < self._now:
+            raise ValueError("time can't go backwards")
+        self._now = now
+        self._fire()
+
+    def next_timer(self) -> float | None:
+        """When the earliest pending timer fires, or None."""
+        while self._timers and self._timers[0][2] is None:
+            heapq.heappop(self._timers)
+        return self._timers[0][0] if self._timers else None
+
+    def _fire(self) -> None:
+        while self._timers and self._timers[0][0] <= self._now:
+            _, _, callback = heapq.heappop(self._timers)
+            if callback is not None:
+                callback()
+
+
+async def settle(rounds: int = 50) -> None:
+    """Let every task that can run now run (the engine's scheduler, batches on inline executors)."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+def fake_spec(
+    name: str = "fake",
+    *,
+    family: str = "fake",
+    nbytes: int = 1_000_000,
+    context_length: int = 4096,
+    max_horizon: int = 1024,
+    supports_covariates: bool = True,
+    batch_patch: int | None = None,
+) -> ModelSpec:
+    return ModelSpec(
+        name=name,
+        family=family,
+        source=f"fake://{name}",
+        random_weights=True,
+        context_length=context_length,
+        max_horizon=max_horizon,
+        quantiles=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+        supports_covariates=supports_covariates,
+        est_nbytes=nbytes,
+        batch_patch=batch_patch,
+    )
+
+
+class FakeModel(ModelBackend):
+    """Answers at once: median = last observed value of the context, quantile q = median + (q - 0.5).
+
+    ``batches`` records the size of each batch it ran; ``fail`` makes ``predict`` raise.
+    """
+
+    def __init__(self, spec: ModelSpec, fail: bool = False) -> None:
+        self.spec = spec
+        self.nbytes = spec.est_nbytes
+        self.fail = fail
+        self.batches: list[list[PreparedRequest]] = []
+        self.closed = False
+
+    def predict(self, batch: Sequence[PreparedRequest]) -> list[Forecast]:
+        self.batches.append(list(batch))
+        if self.fail:
+            raise RuntimeError(f"{self.spec.name} was told to fail")
+        out = []
+        for request in batch:
+            observed = request.context[~np.isnan(request.context)]
+            last = np.float32(observed[-1])
+            median = np.full(request.horizon, last, dtype=np.float32)
+            offsets = np.asarray(request.quantile_levels, dtype=np.float32) - np.float32(0.5)
+            out.append(Forecast(quantiles=median[:, None] + offsets[None, :], median=median))
+        return out
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class FakeLoader(ModelLoader):
+    """Serves :class:`FakeModel` for the names in ``specs``; counts loads per model.
+
+    ``fail_load`` names models whose load raises; ``fail_predict`` models whose batches raise.
+    """
+
+    specs: Mapping[str, ModelSpec] = field(default_factory=lambda: {"fake": fake_spec("fake")})
+    fail_load: set[str] = field(default_factory=set)
+    fail_predict: set[str] = field(default_factory=set)
+    loads: dict[str, int] = field(default_factory=dict)
+    instances: list[FakeModel] = field(default_factory=list)
+
+    @classmethod
+    def with_models(cls, *names: str, **spec_options: Any) -> FakeLoader:
+        return cls(specs={n: fake_spec(n, **spec_options) for n in names})
+
+    def resolve(self, name: str) -> ModelSpec:
+        if name not in self.specs:
+            raise UnknownModel(name)
+        return self.specs[name]
+
+    def load(self, spec: ModelSpec) -> ModelBackend:
+        self.loads[spec.name] = self.loads.get(spec.name, 0) + 1
+        if spec.name in self.fail_load:
+            raise ModelLoadError(spec.name, "told to fail")
+        model = FakeModel(spec, fail=spec.name in self.fail_predict)
+        self.instances.append(model)
+        return model
+
+    def batch_sizes(self, name: str | None = None) -> list[int]:
+        """Sizes of every batch run so far, on one model or all."""
+        return [len(b) for m in self.instances if name in (None, m.spec.name) for b in m.batches]
+
+
+def fake_engine(
+    policy: str | Policy | type[Policy] = "batched",
+    *,
+    loader: FakeLoader | None = None,
+    clock: FakeClock | None = None,
+    workers: int = 1,
+    **engine_options: Any,
+) -> Any:
+    """An :class:`~chronoserve.Engine` on fake models, a fake clock and inline executors.
+
+    The default clock is ``FakeClock(autojump=True)``: batching delays pass instantly. Pass
+    your own ``FakeClock()`` to move time by hand.
+    """
+    from .engine import Engine
+
+    return Engine(
+        policy,
+        loader=loader or FakeLoader(),
+        clock=clock or FakeClock(autojump=True),
+        executor=InlineExecutor(),
+        load_executor=InlineExecutor(),
+        workers=workers,
+        torch_threads=1,
+        **engine_options,
+    )
+
+
+_seq = itertools.count(1_000_000)
+
+
+def queued(
+    model: str = "m",
+    arrival: float = 0.0,
+    *,
+    seq: int | None = None,
+    horizon: int = 24,
+    context_length: int = 240,
+    key: Hashable = (),
+) -> QueuedRequest:
+    """A :class:`QueuedRequest` for hand-built policy states."""
+    return QueuedRequest(next(_seq) if seq is None else seq, model, arrival, horizon, context_length, key)
+
+
+def state(
+    requests: Iterable[QueuedRequest] = (),
+    *,
+    ready: Mapping[str, float] | Iterable[str] = (),
+    loading: Iterable[str] = (),
+    running: Mapping[str, int] | None = None,
+    free_workers: int = 1,
+    sizes: Mapping[str, int] | None = None,
+    draining: bool = False,
+) -> SchedulerState:
+    """Build a :class:`SchedulerState`.
+
+    ``ready`` lists resident models (a mapping gives each one's ``last_used``), ``running``
+    counts batches running per model, ``sizes`` gives model bytes (default 1 MB each).
+    """
+    queues: dict[str, list[QueuedRequest]] = {}
+    for r in requests:
+        queues.setdefault(r.model, []).append(r)
+    last_used = dict(ready) if isinstance(ready, Mapping) else dict.fromkeys(ready, 0.0)
+    running = dict(running or {})
+    sizes = dict(sizes or {})
+    names = set(queues) | set(last_used) | set(loading)
+    models: dict[str, ModelState] = {}
+    for name in last_used:
+        models[name] = ModelState(name, "ready", sizes.get(name, 1_000_000), last_used[name], running.get(name, 0))
+    for name in loading:
+        models[name] = ModelState(name, "loading", sizes.get(name, 1_000_000), 0.0, 0)
+    batches = tuple(RunningBatch(m, 1, 0.0) for m, n in running.items() for _ in range(n))
+    return SchedulerState(
+        queues={m: tuple(sorted(q, key=lambda r: (r.arrival, r.seq))) for m, q in queues.items()},
+        models=models,
+        running=batches,
+        free_workers=free_workers,
+        model_sizes={n: sizes.get(n, 1_000_000) for n in names},
+        draining=draining,
+    )

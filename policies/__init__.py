@@ -1,0 +1,8 @@
+"""The built-in scheduling policies. Each is an ordinary plugin of the ``chronoserve.policies``
+entry-point group, loaded exactly as a third-party policy is."""
+
+from .batched import BatchedPolicy
+from .lru import LRUPolicy
+from .naive import NaivePolicy
+
+__all__ = ["BatchedPolicy", "LRUPolicy", "NaivePolicy"]
