@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import ChronoserveError, InvalidRequest
+from .errors import ChronoserveError, InvalidRequest, PolicyError
 
 
 class UsageError(Exception):
@@ -197,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"chronoserve: error: {exc}", file=sys.stderr)
         return 2
-    except InvalidRequest as exc:
+    except (InvalidRequest, PolicyError) as exc:  # bad input or a bad --policy: the user's to fix
         print(f"chronoserve: error: {exc}", file=sys.stderr)
         return 2
     except ChronoserveError as exc:

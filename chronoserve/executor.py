@@ -18,10 +18,17 @@ T = TypeVar("T")
 
 
 class Executor:
-    """Runs blocking callables for the engine."""
+    """Runs blocking callables for the engine.
+
+    :meth:`submit` hands the work over at once (so a batch dispatched in the middle of a
+    burst of submissions starts running right away) and returns a future of its result.
+    """
+
+    def submit(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        raise NotImplementedError
 
     async def run(self, fn: Callable[[], T]) -> T:
-        raise NotImplementedError
+        return await self.submit(fn)
 
     def shutdown(self) -> None:
         """Release the workers. Work already started finishes first."""
@@ -30,8 +37,13 @@ class Executor:
 class InlineExecutor(Executor):
     """Calls ``fn`` directly on the event loop. Only for callables that never block."""
 
-    async def run(self, fn: Callable[[], T]) -> T:
-        return fn()
+    def submit(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        try:
+            future.set_result(fn())
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
 
 
 class ThreadExecutor(Executor):
@@ -55,9 +67,8 @@ class ThreadExecutor(Executor):
             self._local.threads_set = True
         return fn()
 
-    async def run(self, fn: Callable[[], T]) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._call, fn)
+    def submit(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        return asyncio.get_running_loop().run_in_executor(self._pool, self._call, fn)
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=False)

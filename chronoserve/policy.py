@@ -79,7 +79,8 @@ class SchedulerState:
     """Resident and loading models."""
     running: Sequence[RunningBatch]
     free_workers: int
-    """Inference workers with nothing to do: at most this many batches can be dispatched now."""
+    """Batch slots free now: at most this many batches can be dispatched. The engine has
+    ``workers + prefetch`` slots, so a worker's next batch is ready when it finishes one."""
     model_sizes: Mapping[str, int]
     """Estimated bytes of every model named in ``queues`` or ``models``."""
     draining: bool = False

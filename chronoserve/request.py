@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import uuid
 from collections.abc import Mapping, Sequence
@@ -122,6 +123,14 @@ def _check_int(field_name: str, value: object, minimum: int) -> int:
 
 
 def _check_levels(levels: Sequence[float]) -> tuple[float, ...]:
+    try:
+        return _checked_levels(tuple(levels))
+    except TypeError:  # unhashable members
+        raise InvalidRequest("quantile_levels", "must be a list of numbers") from None
+
+
+@functools.lru_cache(maxsize=256)
+def _checked_levels(levels: tuple[float, ...]) -> tuple[float, ...]:
     try:
         out = tuple(float(q) for q in levels)
     except (TypeError, ValueError):

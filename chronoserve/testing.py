@@ -209,6 +209,7 @@ def fake_engine(
     loader: FakeLoader | None = None,
     clock: FakeClock | None = None,
     workers: int = 1,
+    prefetch: int = 0,
     **engine_options: Any,
 ) -> Any:
     """An :class:`~chronoserve.Engine` on fake models, a fake clock and inline executors.
@@ -225,6 +226,7 @@ def fake_engine(
         executor=InlineExecutor(),
         load_executor=InlineExecutor(),
         workers=workers,
+        prefetch=prefetch,
         torch_threads=1,
         **engine_options,
     )

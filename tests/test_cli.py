@@ -1,0 +1,95 @@
+"""The command line, in-process: exit codes and messages for good and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from chronoserve.cli import main
+
+TINY = "random/tiny-chronos-bolt"
+
+
+def test_help_is_fast_and_does_not_import_torch():
+    code = "import sys; from chronoserve.cli import build_parser; build_parser(); assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+
+
+def test_no_command_prints_usage_and_fails(capsys):
+    assert main([]) == 2
+    assert "usage" in capsys.readouterr().err
+
+
+def test_policies_lists_the_builtins_with_their_options(capsys):
+    assert main(["policies"]) == 0
+    out = capsys.readouterr().out
+    assert "batched" in out and "max_batch=32" in out and "naive" in out and "max_resident=3" in out
+
+
+@pytest.mark.torch
+def test_forecast_from_values_as_json(capsys):
+    code = main(
+        [
+            "forecast",
+            "--values",
+            ",".join(str(i % 7) for i in range(64)),
+            "--model",
+            TINY,
+            "--horizon",
+            "5",
+            "--quantiles",
+            "0.1,0.5,0.9",
+            "--json",
+            "--policy",
+            "lru",
+        ]
+    )
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert len(result["median"]) == 5
+    assert result["random_weights"] is True
+    assert result["policy"] == "lru"
+    assert set(result["quantiles"]) == {"0.1", "0.5", "0.9"}
+
+
+@pytest.mark.torch
+def test_forecast_from_csv_with_gaps(tmp_path, capsys):
+    path = tmp_path / "s.csv"
+    path.write_text("timestamp,pm25\n" + "".join(f"t{i},{'' if i % 10 == 3 else i}\n" for i in range(60)))
+    assert main(["forecast", "--csv", str(path), "--model", TINY, "--horizon", "3"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[0].startswith("step\tmedian")
+    assert len(captured.out.splitlines()) == 4
+    assert "RANDOM weights" in captured.err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["forecast", "--values", "1,2,3", "--model", TINY, "--horizon", "65"], "horizon"),
+        (["forecast", "--values", "1,x,3", "--model", TINY], "--values"),
+        (["forecast", "--values", "1,2,3", "--model", "no/such-model"], "unknown model"),
+        (["forecast", "--csv", "/nonexistent.csv"], "no such file"),
+        (["forecast", "--values", "1,2,3", "--policy", "nope"], "unknown policy 'nope'"),
+        (["forecast", "--values", "1,2,3", "--policy", "lru", "--max-batch", "4"], "max_batch"),
+    ],
+)
+def test_bad_input_is_a_message_and_a_nonzero_exit_not_a_traceback(argv, message, capsys):
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_bad_flag_value_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["forecast", "--values", "1,2", "--horizon", "0"])
+    assert info.value.code == 2
+    assert "--horizon" in capsys.readouterr().err
