@@ -159,5 +159,9 @@ async def test_the_example_third_party_package_plugs_in():
 
 
 def test_importing_chronoserve_does_not_import_torch():
-    code = "import sys, chronoserve, chronoserve.engine, chronoserve.testing; assert 'torch' not in sys.modules"
+    code = (
+        "import sys, chronoserve, chronoserve.engine, chronoserve.testing\n"
+        "engine = chronoserve.Engine('batched')\n"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
