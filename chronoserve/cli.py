@@ -11,6 +11,7 @@ import csv
 import json
 import logging
 import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -188,6 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    else:
+        # transformers draws a progress bar for every checkpoint it writes or reads; a CLI user
+        # sees chronoserve's own output instead (read when transformers is first imported).
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)

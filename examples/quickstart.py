@@ -12,10 +12,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import os
 import time
 from pathlib import Path
 
 import numpy as np
+
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # quiet checkpoint loading
 
 from chronoserve import Engine, ForecastRequest
 
