@@ -149,6 +149,46 @@ def cmd_policies(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import ServerSettings, run
+
+    kwargs = engine_kwargs(args)
+    models = tuple(m.strip() for m in (args.models or "").split(",") if m.strip())
+    if args.data is not None and not Path(args.data).is_dir():
+        raise UsageError(f"--data: not a directory: {args.data}")
+    settings = ServerSettings(
+        policy=kwargs["policy"],
+        policy_options=kwargs["policy_options"],
+        workers=kwargs["workers"],
+        torch_threads=kwargs["torch_threads"],
+        device=kwargs["device"],
+        dtype=kwargs["dtype"],
+        max_queue=args.max_queue,
+        models=models,
+        default_model=args.default_model,
+        warmup=not args.no_warmup,
+        data=args.data,
+        max_body_bytes=args.max_body_bytes,
+        drain_timeout=args.drain_timeout,
+    )
+    _check_serve_settings(settings)
+    run(settings, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _check_serve_settings(settings: Any) -> None:
+    """Fail fast, before binding a port, on options that cannot work."""
+    from .data import SeriesStore
+    from .plugins import load_policy
+
+    load_policy(settings.policy, settings.policy_options)
+    if settings.data is not None:
+        try:
+            SeriesStore.from_dir(settings.data)
+        except ValueError as exc:
+            raise UsageError(f"--data: {exc}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chronoserve",
@@ -164,6 +204,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     policies = sub.add_parser("policies", help="list the installed scheduling policies and their options")
     policies.set_defaults(func=cmd_policies)
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the HTTP server",
+        description="Serve forecasts over HTTP (POST /forecast, /forecast/batch; GET /models, /series, "
+        "/healthz, /readyz, /metrics, /openapi.json, /docs). SIGTERM drains and exits 0.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    serve.add_argument("--max-queue", type=_positive_int, default=1024, help="waiting requests before 429 (1024)")
+    serve.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated models HTTP may use besides the catalog (names or checkpoint directories); "
+        "they are loaded at start-up",
+    )
+    serve.add_argument("--default-model", default="random/chronos-bolt-tiny", help="model when a request names none")
+    serve.add_argument("--data", default=None, help="directory of series CSVs (default: embedded Beijing PM2.5)")
+    serve.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish queued work on SIGTERM")
+    serve.add_argument("--max-body-bytes", type=_positive_int, default=1 << 20, help="request body limit (1 MiB)")
+    serve.add_argument("--no-warmup", action="store_true", help="report ready without loading models first")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_engine_options(serve)
+    serve.set_defaults(func=cmd_serve)
 
     fc = sub.add_parser(
         "forecast",

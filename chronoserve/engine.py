@@ -29,6 +29,7 @@ from .errors import (
     QueueFull,
     Rejected,
 )
+from .events import EngineObserver
 from .executor import Executor, ThreadExecutor
 from .models.base import Forecast, ModelBackend, ModelLoader, ModelSpec, PreparedRequest, batch_key, covariate_signature
 from .plugins import load_policy
@@ -108,7 +109,8 @@ class Engine:
     trip through the event loop (measured: 2 ms of idle worker per batch without it).
     ``max_queue`` bounds the requests
     waiting (beyond it :class:`QueueFull` is raised at once). ``clock`` and the executors
-    can be replaced for tests (see ``chronoserve.testing``).
+    can be replaced for tests (see ``chronoserve.testing``). ``observers`` receive the
+    engine's events (:class:`~chronoserve.events.EngineObserver`), for metrics.
     """
 
     def __init__(
@@ -127,6 +129,7 @@ class Engine:
         clock: Clock | None = None,
         executor: Executor | None = None,
         load_executor: Executor | None = None,
+        observers: Sequence[EngineObserver] = (),
     ) -> None:
         self.policy = load_policy(policy, policy_options)
         if loader is None:
@@ -146,6 +149,7 @@ class Engine:
         self._executor = executor or ThreadExecutor(self.workers, self.torch_threads, "chronoserve-infer")
         self._load_executor = load_executor or ThreadExecutor(load_workers, self.torch_threads, "chronoserve-load")
         self._pool = ModelPool()
+        self._observers = list(observers)
         self._specs: dict[str, ModelSpec] = {}
         self._resolving: dict[str, asyncio.Future[ModelSpec]] = {}
         self._queues: dict[str, list[QueuedRequest]] = {}
@@ -271,15 +275,19 @@ class Engine:
         """
         if not self._accepting:
             raise EngineClosed("the engine is not running (use `async with Engine(...)` or `await engine.start()`)")
-        spec = self._specs.get(request.model)
-        if spec is None:
-            spec = await self._resolve(request.model)
-        prepared = prepare(request, spec)
-        if self.max_queue is not None and self._queued >= self.max_queue:
-            self.counters["rejected_queue_full"] += 1
-            raise QueueFull(self.max_queue)
-        if not self._accepting:  # closed while we resolved the model
-            raise EngineClosed("the engine is closing")
+        try:
+            spec = self._specs.get(request.model)
+            if spec is None:
+                spec = await self._resolve(request.model)
+            prepared = prepare(request, spec)
+            if self.max_queue is not None and self._queued >= self.max_queue:
+                self.counters["rejected_queue_full"] += 1
+                raise QueueFull(self.max_queue)
+            if not self._accepting:  # closed while we resolved the model
+                raise EngineClosed("the engine is closing")
+        except ChronoserveError as exc:
+            self._notify("request_rejected", str(request.model), exc.reason)
+            raise
         seq = next(self._seq)
         key = batch_key(
             spec, prepared.horizon, covariate_signature(prepared.past_covariates, prepared.future_covariates)
@@ -294,6 +302,7 @@ class Engine:
         self._queues.setdefault(spec.name, []).append(queued)
         self._queued += 1
         self.counters["submitted"] += 1
+        self._notify("request_accepted", spec.name)
         future.add_done_callback(partial(self._on_done, seq))
         if self._free > 0:
             # A worker is idle: decide now rather than after every other task of this loop turn
@@ -309,6 +318,8 @@ class Engine:
             return
         pending = self._pending.pop(seq, None)
         self.counters["cancelled"] += 1
+        if pending is not None:
+            self._notify("request_finished", pending.spec.name, "cancelled", None)
         if pending is not None and pending.in_queue:
             self._drop_queued(pending)
             self._poke()
@@ -325,6 +336,16 @@ class Engine:
                 self._resolving.pop(name, None)
         self._specs[name] = spec
         return spec
+
+    def add_observer(self, observer: EngineObserver) -> None:
+        self._observers.append(observer)
+
+    def _notify(self, event: str, *args: Any) -> None:
+        for observer in self._observers:
+            try:
+                getattr(observer, event)(*args)
+            except Exception:
+                logger.exception("observer %r failed on %s", observer, event)
 
     # -- introspection ---------------------------------------------------------------------
 
@@ -450,6 +471,8 @@ class Engine:
         self._pending.pop(pending.queued.seq, None)
         if not pending.future.done():
             self.counters["failed"] += 1
+            reason = error.reason if isinstance(error, ChronoserveError) else "error"
+            self._notify("request_finished", pending.spec.name, reason, None)
             pending.future.set_exception(error)
 
     def _spawn(self, coro: Any) -> None:
@@ -481,11 +504,13 @@ class Engine:
             self._pool.fail_load(spec.name)
             error = exc if isinstance(exc, ChronoserveError) else ModelLoadError(spec.name, repr(exc))
             logger.warning("loading %s failed: %s", spec.name, error)
+            self._notify("model_load_failed", spec.name, getattr(error, "reason", "error"))
             for pending in [p for p in self._pending.values() if p.in_queue and p.spec.name == spec.name]:
                 self._drop_queued(pending)
                 self._settle_error(pending, error)
         else:
-            self._pool.finish_load(spec.name, backend, self._clock.now())
+            entry = self._pool.finish_load(spec.name, backend, self._clock.now())
+            self._notify("model_loaded", spec.name, entry.load_seconds or 0.0, entry.nbytes)
         finally:
             self._poke()
 
@@ -497,6 +522,7 @@ class Engine:
             logger.warning("policy %r asked to evict %r while it is busy; ignored", self.policy.name, model)
             return
         self._pool.remove(model)
+        self._notify("model_evicted", model)
         if entry.backend is not None:
             self._spawn(self._load_executor.run(entry.backend.close))
 
@@ -566,9 +592,13 @@ class Engine:
             )
             if error is not exc:
                 error.__cause__ = exc
+            self._notify("batch_finished", spec.name, len(members), 0.0, False)
             for pending in members:
                 self._settle_error(pending, error)
         else:
+            self._notify("batch_finished", spec.name, len(members), outcome.inference_seconds, True)
+            if entry is None:  # a private load for this batch (naive)
+                self._notify("model_loaded", spec.name, outcome.load_seconds, spec.est_nbytes)
             self._deliver(
                 members, outcome.forecasts, started, outcome.load_seconds, outcome.inference_seconds, entry is None
             )
@@ -609,18 +639,18 @@ class Engine:
             queue = max(0.0, total - load - inference)
             spec = pending.spec
             self.counters["completed"] += 1
-            pending.future.set_result(
-                ForecastResult(
-                    request_id=pending.request.request_id,
-                    model=spec.name,
-                    random_weights=spec.random_weights,
-                    policy=policy,
-                    quantile_levels=pending.prepared.quantile_levels,
-                    quantiles=forecast.quantiles,
-                    median=forecast.median,
-                    batch_size=size,
-                    cold_start=cold,
-                    timings=Timings(queue=queue, load=load, inference=inference, total=total),
-                    context_used=len(pending.prepared.context),
-                )
+            result = ForecastResult(
+                request_id=pending.request.request_id,
+                model=spec.name,
+                random_weights=spec.random_weights,
+                policy=policy,
+                quantile_levels=pending.prepared.quantile_levels,
+                quantiles=forecast.quantiles,
+                median=forecast.median,
+                batch_size=size,
+                cold_start=cold,
+                timings=Timings(queue=queue, load=load, inference=inference, total=total),
+                context_used=len(pending.prepared.context),
             )
+            self._notify("request_finished", spec.name, "ok", result)
+            pending.future.set_result(result)

@@ -37,8 +37,8 @@ class ForecastRequest:
     request_id: str = field(default_factory=_new_id)
     context_length: int | None = None
     quantile_levels: Sequence[float] = DEFAULT_QUANTILES
-    past_covariates: Mapping[str, Sequence[float]] | None = None
-    future_covariates: Mapping[str, Sequence[float]] | None = None
+    past_covariates: Mapping[str, Sequence[float] | FloatArray] | None = None
+    future_covariates: Mapping[str, Sequence[float] | FloatArray] | None = None
     seed: int = 0
 
 

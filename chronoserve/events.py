@@ -1,0 +1,41 @@
+"""Engine events, for metrics and logs: subclass :class:`EngineObserver`, override what you need.
+
+Observers are called on the event loop, synchronously, as things happen: keep them cheap
+(increment a counter, observe a histogram). An observer that raises is logged and ignored.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .request import ForecastResult
+
+
+class EngineObserver:
+    """Base class: every method is optional and does nothing."""
+
+    def request_accepted(self, model: str) -> None:
+        """A request passed validation and joined its model's queue."""
+
+    def request_rejected(self, model: str, reason: str) -> None:
+        """A request was refused before queueing.
+
+        ``reason``: ``invalid_request``, ``unknown_model``, ``queue_full`` or ``engine_closed``.
+        """
+
+    def request_finished(self, model: str, status: str, result: ForecastResult | None) -> None:
+        """An accepted request ended: ``ok`` (with its result), ``cancelled``, or an error reason
+        (``model_load_failed``, ``inference_failed``, ``rejected``, ``engine_closed``, ``policy_error``)."""
+
+    def batch_finished(self, model: str, size: int, inference_seconds: float, ok: bool) -> None:
+        """A batch ran (``ok=False``: it raised)."""
+
+    def model_loaded(self, model: str, seconds: float, nbytes: int) -> None:
+        """A model became resident (or, for ``naive``, a private copy was loaded for one batch)."""
+
+    def model_load_failed(self, model: str, reason: str) -> None:
+        """A model load failed."""
+
+    def model_evicted(self, model: str) -> None:
+        """A resident model was dropped."""

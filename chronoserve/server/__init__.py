@@ -1,0 +1,10 @@
+"""``chronoserve serve``: the HTTP server on the engine.
+
+``create_app(settings)`` builds the ASGI app; ``run(settings, host, port)`` serves it with
+uvicorn and drains on SIGTERM.
+"""
+
+from .app import ServerSettings, create_app
+from .run import run
+
+__all__ = ["ServerSettings", "create_app", "run"]

@@ -1,0 +1,165 @@
+"""Prometheus metrics for the server, fed by the engine's events.
+
+Names follow what Ray Serve and Triton users know (their equivalents are in each HELP
+text). Every server gets its own registry, so several apps in one process (tests) never
+share counters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from chronoserve.events import EngineObserver
+
+if TYPE_CHECKING:
+    from chronoserve.engine import Engine
+    from chronoserve.request import ForecastResult
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class _EngineState(Collector):
+    """Gauges read from the engine at scrape time: queue depth per model, resident models."""
+
+    def __init__(self, engine: Callable[[], Engine | None]) -> None:
+        self._engine = engine
+
+    def collect(self) -> Iterator[Metric]:
+        engine = self._engine()
+        depth = GaugeMetricFamily(
+            "chronoserve_queue_depth",
+            "Requests waiting per model (Triton: nv_inference_pending_request_count; "
+            "Ray Serve: ray_serve_deployment_queued_queries).",
+            labels=["model"],
+        )
+        resident = GaugeMetricFamily(
+            "chronoserve_resident_models",
+            "Models resident in memory (Ray Serve: ray_serve_num_multiplexed_models).",
+        )
+        resident_bytes = GaugeMetricFamily("chronoserve_resident_bytes", "Bytes of the resident models.")
+        running = GaugeMetricFamily("chronoserve_running_batches", "Batches running or handed to a worker.")
+        if engine is not None:
+            for model, n in sorted(engine.queue_depths().items()):
+                depth.add_metric([model], n)
+            stats = engine.stats()
+            resident.add_metric([], len(stats["resident"]))
+            resident_bytes.add_metric([], stats["resident_bytes"])
+            running.add_metric([], stats["running_batches"])
+        yield depth
+        yield resident
+        yield resident_bytes
+        yield running
+
+
+class ServerMetrics(EngineObserver):
+    """The server's metrics registry; also an engine observer that keeps it up to date."""
+
+    def __init__(self, engine: Callable[[], Engine | None]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "chronoserve_requests",
+            "Requests the engine accepted, by how they ended: ok, cancelled, or the error "
+            "(Triton: nv_inference_request_success / _failure).",
+            ["model", "status"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "chronoserve_rejected_requests",
+            "Requests refused before any work, by reason: queue_full, invalid_request, unknown_model, "
+            "engine_closed, body_too_large (Ray Serve: BackPressureError; Triton: REJECTED).",
+            ["reason"],
+            registry=r,
+        )
+        self.http = Counter(
+            "chronoserve_http_requests", "HTTP requests by route and status code.", ["route", "code"], registry=r
+        )
+        self.latency = Histogram(
+            "chronoserve_request_latency_seconds",
+            "End-to-end time in the engine, from acceptance to the answer.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_time = Histogram(
+            "chronoserve_queue_time_seconds",
+            "Time a request waited for its batch and a worker, load excluded "
+            "(Ray Serve: ray_serve_batch_wait_time_ms).",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_time = Histogram(
+            "chronoserve_inference_time_seconds",
+            "Time a batch ran on a worker (Ray Serve: ray_serve_batch_execution_time_ms).",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "chronoserve_batch_size",
+            "Requests per batch (Ray Serve: ray_serve_actual_batch_size; BentoML: adaptive_batch_size).",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batch_failures = Counter("chronoserve_batch_failures", "Batches that raised.", ["model"], registry=r)
+        self.load_seconds = Histogram(
+            "chronoserve_model_load_seconds",
+            "Model load time (Ray Serve: ray_serve_multiplexed_model_load_latency_ms).",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.load_duration = Gauge(
+            "chronoserve_model_load_duration_seconds",
+            "The last load time of each model (Triton: nv_model_load_duration_secs).",
+            ["model"],
+            registry=r,
+        )
+        self.load_failures = Counter("chronoserve_model_load_failures", "Failed model loads.", ["model"], registry=r)
+        self.evictions = Counter("chronoserve_model_evictions", "Models evicted from memory.", ["model"], registry=r)
+        self.cold_starts = Counter(
+            "chronoserve_cold_starts", "Requests that waited for their model to load.", ["model"], registry=r
+        )
+        r.register(_EngineState(engine))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    # -- EngineObserver ---------------------------------------------------------------------
+
+    def request_rejected(self, model: str, reason: str) -> None:
+        self.rejected.labels(reason).inc()
+
+    def request_finished(self, model: str, status: str, result: ForecastResult | None) -> None:
+        self.requests.labels(model, status).inc()
+        if result is not None:
+            t = result.timings
+            self.latency.labels(model).observe(t.total)
+            self.queue_time.labels(model).observe(t.queue)
+            if result.cold_start:
+                self.cold_starts.labels(model).inc()
+
+    def batch_finished(self, model: str, size: int, inference_seconds: float, ok: bool) -> None:
+        self.batch_size.labels(model).observe(size)
+        if ok:
+            self.inference_time.labels(model).observe(inference_seconds)
+        else:
+            self.batch_failures.labels(model).inc()
+
+    def model_loaded(self, model: str, seconds: float, nbytes: int) -> None:
+        self.load_seconds.labels(model).observe(seconds)
+        self.load_duration.labels(model).set(seconds)
+
+    def model_load_failed(self, model: str, reason: str) -> None:
+        self.load_failures.labels(model).inc()
+
+    def model_evicted(self, model: str) -> None:
+        self.evictions.labels(model).inc()

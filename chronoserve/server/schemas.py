@@ -1,0 +1,248 @@
+"""The HTTP API's request and response bodies (pydantic), and their OpenAPI schemas.
+
+Field names follow the seed study's request (``request_id``, ``city``, ``model_name``,
+``context_hours``, ``horizon_hours``, ``use_covariates``); a series can instead be sent
+inline (``target`` and optional covariates).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DEFAULT_MODEL = "random/chronos-bolt-tiny"
+DEFAULT_CONTEXT_HOURS = 512
+MAX_BATCH_ITEMS = 1000
+
+Number = float | None
+
+
+class ForecastIn(BaseModel):
+    """One forecast: from a named series (``city``) or from a history sent inline (``target``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str | None = Field(
+        default=None, max_length=200, description="Echoed back; generated when absent.", examples=["r-1"]
+    )
+    model_name: str = Field(
+        default=DEFAULT_MODEL,
+        description="A catalog name (`chronos-bolt-small`, `random/chronos-2`, ...) or a model the operator allowed.",
+        examples=[DEFAULT_MODEL],
+    )
+    city: str | None = Field(
+        default=None, description="A series the server knows (`GET /series`), e.g. a Beijing site.", examples=["dongsi"]
+    )
+    end: datetime | None = Field(
+        default=None,
+        description="With `city`: the first forecast hour (local, no time zone); the context is the hours before it. "
+        "Default: the hour after the series' last reading.",
+        examples=["2016-12-01T00:00:00"],
+    )
+    context_hours: int | None = Field(
+        default=None,
+        ge=1,
+        description=f"Hours of history to use (the last ones). Default with `city`: {DEFAULT_CONTEXT_HOURS}; "
+        "with `target`: all of it.",
+        examples=[240],
+    )
+    horizon_hours: int = Field(default=24, ge=1, description="Steps to forecast.", examples=[24])
+    use_covariates: bool = Field(
+        default=False,
+        description="With `city`: give the model the series' weather covariates over the context "
+        "(Chronos-2 models only).",
+    )
+    known_future_covariates: bool = Field(
+        default=False,
+        description="With `city` and `use_covariates`: also give the real covariate values over the horizon, "
+        "as if weather forecasts were perfect (the seed study's optimistic assumption).",
+    )
+    target: list[Number] | None = Field(
+        default=None,
+        min_length=1,
+        description="Inline history, oldest first; null for a gap. Instead of `city`.",
+        examples=[[61.0, 58.0, None, 64.0, 70.0]],
+    )
+    past_covariates: dict[str, list[Number]] | None = Field(
+        default=None, description="With `target`: covariates aligned with it (Chronos-2 only)."
+    )
+    future_covariates: dict[str, list[Number]] | None = Field(
+        default=None,
+        description="With `target`: known covariate values over the horizon; each also needs past values.",
+    )
+    start: datetime | None = Field(
+        default=None, description="With `target`: the timestamp of its first point, to label the forecast."
+    )
+    freq_hours: float = Field(default=1.0, gt=0, description="With `target` and `start`: hours between points.")
+    quantile_levels: list[float] = Field(
+        default=[0.1, 0.5, 0.9],
+        min_length=1,
+        max_length=99,
+        description="Levels in (0, 1).",
+        examples=[[0.1, 0.5, 0.9]],
+    )
+    seed: int = Field(default=0, ge=0, description="Chronos-T5 sampling seed (other models are deterministic).")
+
+    @field_validator("quantile_levels")
+    @classmethod
+    def _levels_in_range(cls, levels: list[float]) -> list[float]:
+        bad = [q for q in levels if not (0.0 < q < 1.0) or math.isnan(q)]
+        if bad:
+            raise ValueError(f"levels must lie strictly between 0 and 1, got {bad}")
+        if len(set(levels)) != len(levels):
+            raise ValueError("levels must be distinct")
+        return levels
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ForecastIn:
+        if (self.city is None) == (self.target is None):
+            raise ValueError("give exactly one of `city` (a known series) or `target` (an inline history)")
+        if self.city is not None and (self.past_covariates or self.future_covariates or self.start):
+            raise ValueError("`past_covariates`, `future_covariates` and `start` go with an inline `target`")
+        if self.target is not None and (self.use_covariates or self.known_future_covariates or self.end):
+            raise ValueError("`use_covariates`, `known_future_covariates` and `end` go with `city`")
+        if self.known_future_covariates and not self.use_covariates:
+            raise ValueError("`known_future_covariates` needs `use_covariates`")
+        return self
+
+
+class BatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    requests: list[ForecastIn] = Field(min_length=1, max_length=MAX_BATCH_ITEMS)
+
+
+class ModelOut(BaseModel):
+    name: str
+    family: str
+    random_weights: bool = Field(description="True: random weights; the numbers are not forecasts.")
+
+
+class TimingsOut(BaseModel):
+    queue: float
+    load: float
+    inference: float
+    total: float
+
+
+class ForecastOut(BaseModel):
+    request_id: str
+    model: ModelOut
+    policy: str
+    series: str | None = None
+    timestamps: list[datetime] | None = Field(default=None, description="The forecast hours, when known.")
+    median: list[float | None]
+    quantile_levels: list[float]
+    quantiles: dict[str, list[float | None]] = Field(description="Per level (as a string): one value per step.")
+    batch_size: int = Field(description="How many requests shared the batch this one ran in.")
+    cold_start: bool = Field(description="The request waited for its model to load.")
+    timings: TimingsOut = Field(description="Seconds: queue + load + inference = total.")
+    context_used: int
+
+
+class ErrorDetail(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorOut(BaseModel):
+    detail: list[ErrorDetail] | str
+
+
+class BatchItemOut(BaseModel):
+    status: int
+    result: ForecastOut | None = None
+    error: ErrorOut | None = None
+
+
+class BatchOut(BaseModel):
+    results: list[BatchItemOut]
+
+
+def openapi_document(version: str) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the API, built from the pydantic models."""
+    models: list[type[BaseModel]] = [ForecastIn, BatchIn, ForecastOut, BatchOut, ErrorOut]
+    components: dict[str, Any] = {}
+    for model in models:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode="validation")
+        components.update(schema.pop("$defs", {}))
+        components[model.__name__] = schema
+
+    def ref(name: str) -> dict[str, str]:
+        return {"$ref": f"#/components/schemas/{name}"}
+
+    def body(name: str) -> dict[str, Any]:
+        return {"required": True, "content": {"application/json": {"schema": ref(name)}}}
+
+    def reply(description: str, name: str | None = None, media: str = "application/json") -> dict[str, Any]:
+        out: dict[str, Any] = {"description": description}
+        if name is not None:
+            out["content"] = {media: {"schema": ref(name)}}
+        return out
+
+    errors = {
+        "422": reply("Invalid request: `detail` names each field and the reason", "ErrorOut"),
+        "429": reply("Queue full: retry after the `Retry-After` header's seconds", "ErrorOut"),
+        "503": reply("Draining, or the model could not be loaded", "ErrorOut"),
+    }
+    plain = {"type": "object"}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "chronoserve",
+            "version": version,
+            "description": "Forecasts from Chronos models (Chronos-2, Chronos-Bolt, Chronos-T5).",
+        },
+        "paths": {
+            "/forecast": {
+                "post": {
+                    "summary": "Forecast one series",
+                    "operationId": "forecast",
+                    "requestBody": body("ForecastIn"),
+                    "responses": {"200": reply("The forecast", "ForecastOut"), **errors},
+                }
+            },
+            "/forecast/batch": {
+                "post": {
+                    "summary": "Forecast many series in one call; each item has its own status",
+                    "operationId": "forecast_batch",
+                    "requestBody": body("BatchIn"),
+                    "responses": {"200": reply("One item per request, in order", "BatchOut"), **errors},
+                }
+            },
+            "/models": {
+                "get": {
+                    "summary": "The model catalog and what is resident",
+                    "operationId": "models",
+                    "responses": {"200": {"description": "Models", "content": {"application/json": {"schema": plain}}}},
+                }
+            },
+            "/series": {
+                "get": {
+                    "summary": "The series the server knows",
+                    "operationId": "series",
+                    "responses": {"200": {"description": "Series", "content": {"application/json": {"schema": plain}}}},
+                }
+            },
+            "/healthz": {"get": {"summary": "Alive", "operationId": "healthz", "responses": {"200": reply("Alive")}}},
+            "/readyz": {
+                "get": {
+                    "summary": "Ready: warm and not draining",
+                    "operationId": "readyz",
+                    "responses": {"200": reply("Ready"), "503": reply("Warming up or draining")},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "operationId": "metrics",
+                    "responses": {"200": {"description": "Prometheus text format"}},
+                }
+            },
+        },
+        "components": {"schemas": components},
+    }

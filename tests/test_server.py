@@ -1,0 +1,352 @@
+"""The HTTP server in-process (httpx's ASGI transport): every endpoint, every class of bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+
+from chronoserve.server import ServerSettings, create_app
+from chronoserve.server.schemas import BatchOut, ForecastOut
+from chronoserve.testing import FakeLoader, fake_spec
+
+FAKE = "random/chronos-bolt-tiny"  # a catalog name, served by the fake loader in these tests
+
+
+def fake_loader(**kw) -> FakeLoader:
+    specs = {
+        FAKE: fake_spec(FAKE, family="chronos-bolt", context_length=2048, max_horizon=64, supports_covariates=False),
+        "random/chronos-2": fake_spec("random/chronos-2", family="chronos-2", context_length=8192, batch_patch=16),
+        "/models/mine": fake_spec("/models/mine", family="chronos-bolt", supports_covariates=False),
+    }
+    return FakeLoader(specs=specs, **kw)
+
+
+@asynccontextmanager
+async def client_for(
+    settings: ServerSettings | None = None, loader: FakeLoader | None = None, **engine_options
+) -> AsyncIterator[httpx.AsyncClient]:
+    settings = settings or ServerSettings(policy_options={"max_wait": 0.001})
+    app = create_app(settings, loader=loader or fake_loader(), engine_options=engine_options or None)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            runtime = app.state.runtime
+            for _ in range(200):  # warm-up runs in the background
+                if runtime.ready or runtime.warmup_error:
+                    break
+                await asyncio.sleep(0.005)
+            yield client
+
+
+def loc(response: httpx.Response) -> list:
+    return response.json()["detail"][0]["loc"]
+
+
+# -- forecasts -----------------------------------------------------------------------------
+
+
+async def test_forecast_from_a_known_city():
+    async with client_for() as client:
+        r = await client.post("/forecast", json={"city": "dongsi", "horizon_hours": 6, "request_id": "a1"})
+    assert r.status_code == 200, r.text
+    body = ForecastOut.model_validate(r.json())
+    assert body.request_id == "a1"
+    assert body.series == "dongsi"
+    assert len(body.median) == 6
+    assert len(body.timestamps) == 6
+    assert body.timestamps[0].isoformat() == "2017-01-01T00:00:00"  # the hour after the last reading
+    assert body.model.name == FAKE and body.model.random_weights is True
+    assert set(body.quantiles) == {"0.1", "0.5", "0.9"}
+    assert body.context_used == 512
+    t = body.timings
+    assert t.queue + t.load + t.inference == pytest.approx(t.total)
+
+
+async def test_forecast_with_end_and_context_hours():
+    async with client_for() as client:
+        r = await client.post(
+            "/forecast",
+            json={"city": "tiantan", "end": "2016-10-01T00:00:00", "context_hours": 240, "horizon_hours": 12},
+        )
+    assert r.status_code == 200, r.text
+    assert r.json()["timestamps"][0] == "2016-10-01T00:00:00"
+    assert r.json()["context_used"] == 240
+
+
+async def test_forecast_inline_history_with_gaps_and_timestamps():
+    async with client_for() as client:
+        r = await client.post(
+            "/forecast",
+            json={
+                "target": [1.0, None, 3.0, 4.0],
+                "horizon_hours": 3,
+                "start": "2020-01-01T00:00:00",
+                "quantile_levels": [0.25, 0.5],
+            },
+        )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["median"] == [4.0, 4.0, 4.0]  # the fake model repeats the last value
+    assert body["timestamps"] == ["2020-01-01T04:00:00", "2020-01-01T05:00:00", "2020-01-01T06:00:00"]
+    assert body["quantiles"]["0.25"] == [3.75, 3.75, 3.75]
+
+
+async def test_covariates_from_a_city_go_to_chronos2():
+    loader = fake_loader()
+    async with client_for(loader=loader) as client:
+        r = await client.post(
+            "/forecast",
+            json={
+                "city": "dongsi",
+                "model_name": "random/chronos-2",
+                "use_covariates": True,
+                "known_future_covariates": True,
+                "end": "2016-11-01T00:00:00",
+                "horizon_hours": 24,
+            },
+        )
+    assert r.status_code == 200, r.text
+    (seen,) = [b for m in loader.instances if m.spec.name == "random/chronos-2" for b in m.batches]
+    request = seen[0]
+    assert sorted(request.past_covariates) == ["relative_humidity", "temperature", "wind_speed"]
+    assert sorted(request.future_covariates) == ["relative_humidity", "temperature", "wind_speed"]
+
+
+async def test_batch_endpoint_answers_each_item_with_its_own_status():
+    async with client_for() as client:
+        r = await client.post(
+            "/forecast/batch",
+            json={
+                "requests": [
+                    {"city": "dongsi", "horizon_hours": 4},
+                    {"city": "atlantis", "horizon_hours": 4},
+                    {"target": [1.0, 2.0], "horizon_hours": 2},
+                ]
+            },
+        )
+    assert r.status_code == 200, r.text
+    out = BatchOut.model_validate(r.json())
+    assert [i.status for i in out.results] == [200, 422, 200]
+    assert out.results[1].error.detail[0].loc == ["body", "requests", 1, "city"]
+
+
+# -- bad input: 422 naming the field --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "message"),
+    [
+        ({"city": "atlantis"}, "city", "unknown series"),
+        ({"city": "dongsi", "model_name": "no/such-model"}, "model_name", "not served here"),
+        ({"city": "dongsi", "model_name": "/etc"}, "model_name", "not served here"),
+        ({"city": "dongsi", "horizon_hours": 65}, "horizon_hours", "exceeds"),
+        ({"city": "dongsi", "horizon_hours": 0}, "horizon_hours", "greater than or equal to 1"),
+        ({"city": "dongsi", "context_hours": 2049}, "context_hours", "context limit"),
+        ({"city": "dongsi", "context_hours": 5000}, "context_hours", "hours of history"),
+        ({"target": [None, None], "horizon_hours": 2}, "target", "no observed value"),
+        ({"target": [1.0, 2.0], "context_hours": 3}, "context_hours", "history given"),
+        ({"city": "dongsi", "use_covariates": True}, "use_covariates", "only Chronos-2"),
+        (
+            {"target": [1.0, 2.0], "model_name": "random/chronos-2", "past_covariates": {"t": [1.0]}},
+            "past_covariates.t",
+            "must match",
+        ),
+        (
+            {
+                "target": [1.0, 2.0],
+                "model_name": "random/chronos-2",
+                "horizon_hours": 2,
+                "past_covariates": {"t": [1.0, 2.0]},
+                "future_covariates": {"t": [1.0]},
+            },
+            "future_covariates.t",
+            "must match",
+        ),
+        ({"city": "dongsi", "quantile_levels": [0.5, 1.5]}, "quantile_levels", "between 0 and 1"),
+        ({"city": "dongsi", "horizon_hours": "soon"}, "horizon_hours", "integer"),
+        ({"city": "dongsi", "colour": "red"}, "colour", "Extra inputs"),
+        ({"horizon_hours": 4}, None, "exactly one of"),
+        ({"city": "dongsi", "target": [1.0]}, None, "exactly one of"),
+        ({"city": "dongsi", "end": "1999-01-01T00:00:00"}, "end", ""),
+    ],
+)
+async def test_invalid_requests_get_422_naming_the_field(body, field, message):
+    async with client_for() as client:
+        r = await client.post("/forecast", json=body)
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"][0]
+    if field is not None:
+        assert detail["loc"][:2] == ["body", field] or ".".join(map(str, detail["loc"][1:])) == field
+    assert message in detail["msg"]
+
+
+async def test_not_json_and_too_large_bodies_get_422():
+    async with client_for(ServerSettings(max_body_bytes=1000)) as client:
+        r = await client.post("/forecast", content=b"{not json", headers={"content-type": "application/json"})
+        assert r.status_code == 422
+        assert r.json()["detail"][0]["type"] == "json_invalid"
+        r = await client.post("/forecast", json={"target": [1.0] * 500, "horizon_hours": 2})
+        assert r.status_code == 422
+        assert r.json()["detail"][0]["type"] == "body_too_large"
+        metrics = (await client.get("/metrics")).text
+    assert 'chronoserve_rejected_requests_total{reason="body_too_large"} 1.0' in metrics
+
+
+async def test_operator_allowed_directories_are_served_others_are_not():
+    settings = ServerSettings(models=("/models/mine",), policy_options={"max_wait": 0.001})
+    async with client_for(settings) as client:
+        ok = await client.post("/forecast", json={"target": [1.0, 2.0], "model_name": "/models/mine"})
+        refused = await client.post("/forecast", json={"target": [1.0, 2.0], "model_name": "/models/other"})
+    assert ok.status_code == 200, ok.text
+    assert refused.status_code == 422
+
+
+# -- overload, failures, disconnects ----------------------------------------------------------
+
+
+async def test_full_queue_answers_429_with_retry_after_before_any_work():
+    settings = ServerSettings(max_queue=2, warmup=False, policy_options={"max_batch": 100, "max_wait": 30})
+    async with client_for(settings) as client:
+        first = [
+            asyncio.create_task(client.post("/forecast", json={"target": [1.0], "horizon_hours": 1})) for _ in range(2)
+        ]
+        await asyncio.sleep(0.05)
+        r = await client.post("/forecast", json={"target": [1.0], "horizon_hours": 1})
+        assert r.status_code == 429
+        assert r.headers["retry-after"] == "1"
+        assert "queue full" in r.json()["detail"]
+        for task in first:
+            task.cancel()
+        metrics = (await client.get("/metrics")).text
+    assert 'chronoserve_rejected_requests_total{reason="queue_full"} 1.0' in metrics
+
+
+async def test_a_model_that_fails_to_load_gives_503_and_others_keep_serving():
+    loader = fake_loader(fail_load={"random/chronos-2"})
+    async with client_for(loader=loader) as client:
+        bad = await client.post("/forecast", json={"target": [1.0, 2.0], "model_name": "random/chronos-2"})
+        good = await client.post("/forecast", json={"target": [1.0, 2.0]})
+    assert bad.status_code == 503
+    assert "could not load" in bad.json()["detail"]
+    assert good.status_code == 200
+
+
+async def test_client_disconnect_while_queued_drops_the_request():
+    settings = ServerSettings(warmup=False, policy_options={"max_batch": 100, "max_wait": 0.3})
+    loader = fake_loader()
+    app = create_app(settings, loader=loader)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            task = asyncio.create_task(client.post("/forecast", json={"target": [1.0], "horizon_hours": 1}))
+            await asyncio.sleep(0.05)
+            engine = app.state.runtime.engine
+            assert sum(engine.queue_depths().values()) == 1
+            task.cancel()
+            await asyncio.sleep(0.05)
+            assert sum(engine.queue_depths().values()) == 0
+            assert engine.stats()["cancelled"] == 1
+            r = await client.post("/forecast", json={"target": [5.0], "horizon_hours": 1})
+            assert r.json()["median"] == [5.0]
+
+
+# -- the other endpoints ----------------------------------------------------------------------
+
+
+async def test_models_lists_the_catalog_and_the_resident_models():
+    async with client_for() as client:
+        await client.post("/forecast", json={"city": "dongsi"})
+        body = (await client.get("/models")).json()
+    names = {m["name"] for m in body["catalog"]}
+    assert {"chronos-2", "chronos-bolt-tiny", "chronos-t5-large"} <= names
+    (resident,) = body["resident"]
+    assert resident["name"] == FAKE
+    assert resident["status"] == "ready"
+    assert resident["bytes"] > 0
+    assert resident["loaded_at"] is not None
+    assert body["default"] == FAKE
+
+
+async def test_series_lists_the_twelve_sites():
+    async with client_for() as client:
+        body = (await client.get("/series")).json()
+    ids = [s["id"] for s in body["series"]]
+    assert len(ids) == 12 and "dongsi" in ids
+    dongsi = next(s for s in body["series"] if s["id"] == "dongsi")
+    assert dongsi["rows"] == 4416
+    assert dongsi["start"].startswith("2016-07-01")
+
+
+async def test_health_and_readiness():
+    gate = asyncio.Event()
+
+    class SlowLoader(FakeLoader):
+        def load(self, spec):
+            return super().load(spec)
+
+    loader = fake_loader()
+    settings = ServerSettings(policy_options={"max_wait": 0.001})
+    app = create_app(settings, loader=loader)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            assert (await client.get("/healthz")).status_code == 200
+            runtime = app.state.runtime
+            runtime.ready = False
+            r = await client.get("/readyz")
+            assert r.status_code == 503 and r.json()["status"] == "warming_up"
+            runtime.ready = True
+            assert (await client.get("/readyz")).status_code == 200
+            runtime.begin_drain()
+            r = await client.get("/readyz")
+            assert r.status_code == 503 and r.json()["status"] == "draining"
+            r = await client.post("/forecast", json={"target": [1.0]})
+            assert r.status_code == 503
+    gate.set()
+
+
+async def test_metrics_count_requests_batches_and_loads():
+    async with client_for() as client:
+        for _ in range(3):
+            await client.post("/forecast", json={"city": "dongsi"})
+        await client.post("/forecast", json={"city": "atlantis"})
+        text = (await client.get("/metrics")).text
+    for name in (
+        "chronoserve_queue_depth",
+        "chronoserve_queue_time_seconds_bucket",
+        "chronoserve_inference_time_seconds_bucket",
+        "chronoserve_batch_size_bucket",
+        "chronoserve_model_load_duration_seconds",
+        "chronoserve_resident_models 1.0",
+        "chronoserve_model_evictions",
+        "chronoserve_rejected_requests",
+    ):
+        assert name in text, name
+    # 3 forecasts plus the warm-up request
+    assert f'chronoserve_requests_total{{model="{FAKE}",status="ok"}} 4.0' in text
+    assert 'chronoserve_http_requests_total{code="422",route="/forecast"} 1.0' in text
+
+
+async def test_openapi_and_docs():
+    async with client_for() as client:
+        spec = (await client.get("/openapi.json")).json()
+        docs = await client.get("/docs")
+    assert spec["openapi"].startswith("3.1")
+    assert {"/forecast", "/forecast/batch", "/models", "/series", "/healthz", "/readyz", "/metrics"} <= set(
+        spec["paths"]
+    )
+    assert "ForecastIn" in spec["components"]["schemas"]
+    assert docs.status_code == 200 and "openapi.json" in docs.text
+
+
+async def test_nan_history_points_are_gaps_and_outputs_are_finite():
+    async with client_for() as client:
+        r = await client.post("/forecast", json={"target": [2.0, None, None], "horizon_hours": 2})
+    assert r.status_code == 200
+    assert all(not math.isnan(v) for v in r.json()["median"])
