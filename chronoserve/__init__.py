@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncClient",
     "BlockingEngine",
+    "Client",
     "Engine",
     "ForecastRequest",
     "ForecastResult",
@@ -22,6 +24,8 @@ __all__ = [
 ]
 
 _LAZY = {
+    "AsyncClient": ("chronoserve.client", "AsyncClient"),
+    "Client": ("chronoserve.client", "Client"),
     "BlockingEngine": ("chronoserve.sync", "BlockingEngine"),
     "Engine": ("chronoserve.engine", "Engine"),
     "ForecastRequest": ("chronoserve.request", "ForecastRequest"),
@@ -34,6 +38,7 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from . import errors
+    from .client import AsyncClient, Client
     from .engine import Engine
     from .policy import Policy
     from .request import ForecastRequest, ForecastResult, Timings

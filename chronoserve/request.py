@@ -102,16 +102,23 @@ class ForecastResult:
         }
 
 
+#: The largest magnitude accepted in a series. The models compute in float32, where the squares
+#: that scaling needs overflow beyond about 1.8e19; values this large are better rescaled.
+MAX_ABS_VALUE = 1e15
+
+
 def _as_series(field_name: str, values: object) -> FloatArray:
     try:
-        arr = np.asarray(values, dtype=np.float32)
+        wide = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise InvalidRequest(field_name, f"must be a sequence of numbers ({exc})") from None
-    if arr.ndim != 1:
-        raise InvalidRequest(field_name, f"must be one-dimensional, got shape {arr.shape}")
-    if np.isinf(arr).any():
+    if wide.ndim != 1:
+        raise InvalidRequest(field_name, f"must be one-dimensional, got shape {wide.shape}")
+    if np.isinf(wide).any():
         raise InvalidRequest(field_name, "contains infinite values (use NaN for gaps)")
-    return arr
+    if (np.abs(wide) > MAX_ABS_VALUE).any():  # NaN compares False
+        raise InvalidRequest(field_name, f"values must lie within ±{MAX_ABS_VALUE:g}; rescale the series")
+    return wide.astype(np.float32)
 
 
 def _check_int(field_name: str, value: object, minimum: int) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -141,18 +142,22 @@ def fake_spec(
 class FakeModel(ModelBackend):
     """Answers at once: median = last observed value of the context, quantile q = median + (q - 0.5).
 
-    ``batches`` records the size of each batch it ran; ``fail`` makes ``predict`` raise.
+    ``batches`` records each batch it ran; ``fail`` makes ``predict`` raise; ``predict_seconds``
+    makes every batch take that long (sleeping: use it with the real thread executor only).
     """
 
-    def __init__(self, spec: ModelSpec, fail: bool = False) -> None:
+    def __init__(self, spec: ModelSpec, fail: bool = False, predict_seconds: float = 0.0) -> None:
         self.spec = spec
         self.nbytes = spec.est_nbytes
         self.fail = fail
+        self.predict_seconds = predict_seconds
         self.batches: list[list[PreparedRequest]] = []
         self.closed = False
 
     def predict(self, batch: Sequence[PreparedRequest]) -> list[Forecast]:
         self.batches.append(list(batch))
+        if self.predict_seconds:
+            time.sleep(self.predict_seconds)  # a worker thread's time, as a real model would take
         if self.fail:
             raise RuntimeError(f"{self.spec.name} was told to fail")
         out = []
@@ -172,12 +177,14 @@ class FakeModel(ModelBackend):
 class FakeLoader(ModelLoader):
     """Serves :class:`FakeModel` for the names in ``specs``; counts loads per model.
 
-    ``fail_load`` names models whose load raises; ``fail_predict`` models whose batches raise.
+    ``fail_load`` names models whose load raises; ``fail_predict`` models whose batches raise;
+    ``predict_seconds`` is how long every batch takes.
     """
 
     specs: Mapping[str, ModelSpec] = field(default_factory=lambda: {"fake": fake_spec("fake")})
     fail_load: set[str] = field(default_factory=set)
     fail_predict: set[str] = field(default_factory=set)
+    predict_seconds: float = 0.0
     loads: dict[str, int] = field(default_factory=dict)
     instances: list[FakeModel] = field(default_factory=list)
 
@@ -194,7 +201,7 @@ class FakeLoader(ModelLoader):
         self.loads[spec.name] = self.loads.get(spec.name, 0) + 1
         if spec.name in self.fail_load:
             raise ModelLoadError(spec.name, "told to fail")
-        model = FakeModel(spec, fail=spec.name in self.fail_predict)
+        model = FakeModel(spec, fail=spec.name in self.fail_predict, predict_seconds=self.predict_seconds)
         self.instances.append(model)
         return model
 

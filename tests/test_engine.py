@@ -214,6 +214,8 @@ async def test_a_full_queue_refuses_at_once():
         ({"target": []}, "target", "empty"),
         ({"target": [math.nan, math.nan]}, "target", "no observed value"),
         ({"target": [1.0, math.inf]}, "target", "infinite"),
+        ({"target": [1.0, 3.4028235677973366e38]}, "target", "within"),
+        ({"past_covariates": {"x": [1.0, 2.0, 1e16]}}, "past_covariates.x", "within"),
         ({"target": [[1.0]]}, "target", "one-dimensional"),
         ({"target": ["a"]}, "target", "numbers"),
         ({"context_length": 5}, "context_length", "history given"),

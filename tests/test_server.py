@@ -331,6 +331,7 @@ async def test_metrics_count_requests_batches_and_loads():
     # 3 forecasts plus the warm-up request
     assert f'chronoserve_requests_total{{model="{FAKE}",status="ok"}} 4.0' in text
     assert 'chronoserve_http_requests_total{code="422",route="/forecast"} 1.0' in text
+    assert 'chronoserve_rejected_requests_total{reason="invalid_request"} 1.0' in text
 
 
 async def test_openapi_and_docs():
@@ -350,3 +351,29 @@ async def test_nan_history_points_are_gaps_and_outputs_are_finite():
         r = await client.post("/forecast", json={"target": [2.0, None, None], "horizon_hours": 2})
     assert r.status_code == 200
     assert all(not math.isnan(v) for v in r.json()["median"])
+
+
+@pytest.mark.slow
+async def test_a_burst_of_5000_gets_200_or_429_none_lost_and_the_metrics_count_them():
+    settings = ServerSettings(max_queue=64, policy_options={"max_batch": 32, "max_wait": 0.001})
+    loader = fake_loader(predict_seconds=0.002)
+    async with client_for(settings, loader=loader) as client:
+
+        async def one(i: int) -> int:
+            r = await client.post("/forecast", json={"target": [float(i), 1.0], "horizon_hours": 2})
+            if r.status_code == 200:
+                assert r.json()["median"] == [1.0, 1.0]
+            elif r.status_code == 429:
+                assert r.headers["retry-after"]
+            return r.status_code
+
+        codes = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(5000))), timeout=120)
+        text = (await client.get("/metrics")).text
+    ok, full = codes.count(200), codes.count(429)
+    assert ok + full == 5000, sorted(set(codes))
+    assert ok >= 64 and full > 0
+    assert f'chronoserve_http_requests_total{{code="200",route="/forecast"}} {float(ok)}' in text
+    assert f'chronoserve_http_requests_total{{code="429",route="/forecast"}} {float(full)}' in text
+    assert f'chronoserve_rejected_requests_total{{reason="queue_full"}} {float(full)}' in text
+    assert f'chronoserve_requests_total{{model="{FAKE}",status="ok"}} {float(ok + 1)}' in text  # + warm-up
+    assert "chronoserve_queue_depth" in text

@@ -398,7 +398,7 @@ class SeriesStore:
             close = difflib.get_close_matches(series_id.casefold(), ids, n=3, cutoff=0.6)
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             known = ", ".join(ids[:6]) + (f", ... ({len(ids)} in all)" if len(ids) > 6 else "")
-            raise InvalidRequest("city", f"unknown series {series_id!r}{hint} Known: {known}")
+            raise InvalidRequest("city", f"unknown series {series_id!r}{hint} (known: {known}; see GET /series)")
         return s
 
     def window(

@@ -328,10 +328,11 @@ def _runtime(request: Request) -> ServerRuntime:
 def _json_error(runtime: ServerRuntime, route: str, error: HTTPError) -> ORJSONResponse:
     if runtime.metrics is not None:
         runtime.metrics.http.labels(route, str(error.status)).inc()
-        if error.status == 422 and isinstance(error.detail, list) and error.detail:
-            kind = error.detail[0].get("type", "")
-            if kind == "body_too_large":
-                runtime.metrics.rejected.labels("body_too_large").inc()
+        if error.status == 422:
+            # Every 422 is counted here, whichever layer found the problem (the engine's own
+            # invalid-input events are not counted again: see ServerMetrics.request_rejected).
+            kind = error.detail[0].get("type", "") if isinstance(error.detail, list) and error.detail else ""
+            runtime.metrics.rejected.labels("body_too_large" if kind == "body_too_large" else "invalid_request").inc()
     return ORJSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 

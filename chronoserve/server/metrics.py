@@ -136,7 +136,10 @@ class ServerMetrics(EngineObserver):
     # -- EngineObserver ---------------------------------------------------------------------
 
     def request_rejected(self, model: str, reason: str) -> None:
-        self.rejected.labels(reason).inc()
+        # Invalid input is counted by the HTTP layer, which sees every 422 (also those found
+        # before the engine: bad JSON, unknown series, a model not served here).
+        if reason not in ("invalid_request", "unknown_model"):
+            self.rejected.labels(reason).inc()
 
     def request_finished(self, model: str, status: str, result: ForecastResult | None) -> None:
         self.requests.labels(model, status).inc()
