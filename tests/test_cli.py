@@ -78,6 +78,8 @@ def test_forecast_from_csv_with_gaps(tmp_path, capsys):
         (["forecast", "--csv", "/nonexistent.csv"], "no such file"),
         (["forecast", "--values", "1,2,3", "--policy", "nope"], "unknown policy 'nope'"),
         (["forecast", "--values", "1,2,3", "--policy", "lru", "--max-batch", "4"], "max_batch"),
+        (["serve", "--policy", "nope"], "unknown policy 'nope'"),
+        (["serve", "--data", "/nonexistent-dir"], "--data: not a directory"),
     ],
 )
 def test_bad_input_is_a_message_and_a_nonzero_exit_not_a_traceback(argv, message, capsys):
@@ -86,6 +88,12 @@ def test_bad_input_is_a_message_and_a_nonzero_exit_not_a_traceback(argv, message
     assert code == 2
     assert message in err
     assert "Traceback" not in err
+
+
+def test_serve_refuses_a_data_dir_with_bad_csvs(tmp_path, capsys):
+    (tmp_path / "x.csv").write_text("when,pm25\n1,2\n")
+    assert main(["serve", "--data", str(tmp_path)]) == 2
+    assert "x.csv" in capsys.readouterr().err
 
 
 def test_bad_flag_value_is_an_argparse_error(capsys):

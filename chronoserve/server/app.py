@@ -12,13 +12,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -44,6 +44,7 @@ from .metrics import ServerMetrics
 from .schemas import DEFAULT_CONTEXT_HOURS, DEFAULT_MODEL, BatchIn, ForecastIn, openapi_document
 
 logger = logging.getLogger("chronoserve.server")
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 #: Engine field names -> the HTTP API's names, for error locations.
 _HTTP_FIELDS = {"horizon": "horizon_hours", "context_length": "context_hours", "model": "model_name"}
@@ -350,46 +351,44 @@ async def _parse(request: Request, runtime: ServerRuntime) -> Any:
         raise _invalid([], f"not valid JSON: {exc}", "json_invalid") from None
 
 
-async def forecast(request: Request) -> Response:
+async def _post(
+    request: Request,
+    route: str,
+    schema: type[ModelT],
+    work: Callable[[ServerRuntime, ModelT], Awaitable[Any]],
+) -> Response:
+    """Read, parse and validate a JSON body, run ``work`` unless the client leaves, answer."""
     runtime = _runtime(request)
     try:
         data = await _parse(request, runtime)
         try:
-            item = ForecastIn.model_validate(data)
+            parsed = schema.model_validate(data)
         except ValidationError as exc:
             raise _validation_error(exc, []) from None
-        body = await _unless_disconnected(request, _forecast_one(runtime, item, []))
+        body = await _unless_disconnected(request, work(runtime, parsed))
     except HTTPError as error:
-        return _json_error(runtime, "/forecast", error)
+        return _json_error(runtime, route, error)
     except _ClientGone:
         return Response(status_code=499)
-    return _ok(runtime, "/forecast", body)
+    return _ok(runtime, route, body)
+
+
+async def forecast(request: Request) -> Response:
+    return await _post(request, "/forecast", ForecastIn, lambda runtime, item: _forecast_one(runtime, item, []))
+
+
+async def _forecast_all(runtime: ServerRuntime, batch: BatchIn) -> dict[str, Any]:
+    async def one(i: int, item: ForecastIn) -> dict[str, Any]:
+        try:
+            return {"status": 200, "result": await _forecast_one(runtime, item, ["requests", i])}
+        except HTTPError as error:
+            return {"status": error.status, "error": error.body()}
+
+    return {"results": list(await asyncio.gather(*(one(i, item) for i, item in enumerate(batch.requests))))}
 
 
 async def forecast_batch(request: Request) -> Response:
-    runtime = _runtime(request)
-    try:
-        data = await _parse(request, runtime)
-        try:
-            batch = BatchIn.model_validate(data)
-        except ValidationError as exc:
-            raise _validation_error(exc, []) from None
-
-        async def one(i: int, item: ForecastIn) -> dict[str, Any]:
-            try:
-                return {"status": 200, "result": await _forecast_one(runtime, item, ["requests", i])}
-            except HTTPError as error:
-                return {"status": error.status, "error": error.body()}
-
-        async def all_items() -> list[dict[str, Any]]:
-            return list(await asyncio.gather(*(one(i, item) for i, item in enumerate(batch.requests))))
-
-        items = await _unless_disconnected(request, all_items())
-    except HTTPError as error:
-        return _json_error(runtime, "/forecast/batch", error)
-    except _ClientGone:
-        return Response(status_code=499)
-    return _ok(runtime, "/forecast/batch", {"results": items})
+    return await _post(request, "/forecast/batch", BatchIn, _forecast_all)
 
 
 def _iso_wall(engine: Engine, at: float | None) -> str | None:
