@@ -198,9 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
+    from ._trace_cli import register as register_trace
     from .models._cli import register as register_models
+    from .replay._cli import register as register_replay
 
     register_models(sub)
+    register_replay(sub, add_engine_options, engine_kwargs)
+    register_trace(sub)
 
     policies = sub.add_parser("policies", help="list the installed scheduling policies and their options")
     policies.set_defaults(func=cmd_policies)

@@ -129,6 +129,7 @@ class Engine:
         clock: Clock | None = None,
         executor: Executor | None = None,
         load_executor: Executor | None = None,
+        resolve_executor: Executor | None = None,
         observers: Sequence[EngineObserver] = (),
     ) -> None:
         self.policy = load_policy(policy, policy_options)
@@ -148,6 +149,8 @@ class Engine:
         self._clock: Clock = clock or MonotonicClock()
         self._executor = executor or ThreadExecutor(self.workers, self.torch_threads, "chronoserve-infer")
         self._load_executor = load_executor or ThreadExecutor(load_workers, self.torch_threads, "chronoserve-load")
+        # Names are resolved (a config.json read) on their own thread: never behind a model load.
+        self._resolve_executor = resolve_executor or ThreadExecutor(1, None, "chronoserve-resolve")
         self._pool = ModelPool()
         self._observers = list(observers)
         self._specs: dict[str, ModelSpec] = {}
@@ -229,6 +232,7 @@ class Engine:
             backend.close()
         await asyncio.to_thread(self._executor.shutdown)
         await asyncio.to_thread(self._load_executor.shutdown)
+        await asyncio.to_thread(self._resolve_executor.shutdown)
 
     async def _until_idle(self) -> None:
         assert self._progress is not None
@@ -327,7 +331,7 @@ class Engine:
     async def _resolve(self, name: str) -> ModelSpec:
         future = self._resolving.get(name)
         if future is None:
-            future = asyncio.ensure_future(self._load_executor.run(partial(self.loader.resolve, name)))
+            future = asyncio.ensure_future(self._resolve_executor.run(partial(self.loader.resolve, name)))
             self._resolving[name] = future
         try:
             spec = await asyncio.shield(future)

@@ -232,6 +232,7 @@ def fake_engine(
         clock=clock or FakeClock(autojump=True),
         executor=InlineExecutor(),
         load_executor=InlineExecutor(),
+        resolve_executor=InlineExecutor(),
         workers=workers,
         prefetch=prefetch,
         torch_threads=1,

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, TypedDict, TypeVar
 
 import orjson
@@ -38,16 +38,14 @@ from chronoserve.errors import (
 )
 from chronoserve.models.base import ModelLoader
 from chronoserve.models.catalog import CATALOG, find_entry
-from chronoserve.request import ForecastRequest, ForecastResult
+from chronoserve.request import ForecastRequest
 
+from .convert import Prepared, build_request, http_field, result_body
 from .metrics import ServerMetrics
-from .schemas import DEFAULT_CONTEXT_HOURS, DEFAULT_MODEL, BatchIn, ForecastIn, openapi_document
+from .schemas import DEFAULT_MODEL, BatchIn, ForecastIn, openapi_document
 
 logger = logging.getLogger("chronoserve.server")
 ModelT = TypeVar("ModelT", bound=BaseModel)
-
-#: Engine field names -> the HTTP API's names, for error locations.
-_HTTP_FIELDS = {"horizon": "horizon_hours", "context_length": "context_hours", "model": "model_name"}
 
 
 @dataclass
@@ -161,20 +159,9 @@ def _validation_error(exc: ValidationError, prefix: list[str | int]) -> HTTPErro
     return HTTPError(422, details)
 
 
-def _http_field(field_name: str, item: ForecastIn) -> str:
-    head, _, rest = field_name.partition(".")
-    if item.city is not None:
-        if head in ("past_covariates", "future_covariates"):
-            return "use_covariates"
-        if head == "target":
-            return "city"
-    mapped = _HTTP_FIELDS.get(head, head)
-    return f"{mapped}.{rest}" if rest else mapped
-
-
-def _error_for(exc: BaseException, item: ForecastIn, prefix: list[str | int]) -> HTTPError:
+def error_for(exc: BaseException, item: ForecastIn, prefix: list[str | int]) -> HTTPError:
     if isinstance(exc, InvalidRequest):
-        return _invalid([*prefix, _http_field(exc.field, item)], exc.message, exc.reason)
+        return _invalid([*prefix, http_field(exc.field, item)], exc.message, exc.reason)
     if isinstance(exc, QueueFull):
         return HTTPError(429, f"queue full ({exc.limit} requests waiting); retry later", {"Retry-After": "1"})
     if isinstance(exc, EngineClosed):
@@ -189,14 +176,7 @@ def _error_for(exc: BaseException, item: ForecastIn, prefix: list[str | int]) ->
     return HTTPError(500, f"internal error: {type(exc).__name__}")
 
 
-@dataclass
-class _Prepared:
-    request: ForecastRequest
-    series: str | None
-    timestamps: list[datetime] | None
-
-
-def _prepare(runtime: ServerRuntime, item: ForecastIn, prefix: list[str | int]) -> _Prepared:
+def _prepare(runtime: ServerRuntime, item: ForecastIn, prefix: list[str | int]) -> Prepared:
     if not runtime.allowed(item.model_name):
         extras = ", ".join(runtime.settings.models) or "none"
         raise _invalid(
@@ -205,70 +185,8 @@ def _prepare(runtime: ServerRuntime, item: ForecastIn, prefix: list[str | int]) 
             f"or one the operator allowed at start-up ({extras})",
             "unknown_model",
         )
-    kwargs: dict[str, Any] = {
-        "model": item.model_name,
-        "horizon": item.horizon_hours,
-        "quantile_levels": item.quantile_levels,
-        "seed": item.seed,
-    }
-    if item.request_id is not None:
-        kwargs["request_id"] = item.request_id
-    if item.city is not None:
-        assert runtime.store is not None
-        window = runtime.store.window(
-            item.city,
-            horizon=item.horizon_hours,
-            context=item.context_hours,
-            end=item.end,
-            covariates=item.use_covariates,
-            known_future=item.known_future_covariates,
-            max_context=None if item.context_hours is not None else DEFAULT_CONTEXT_HOURS,
-        )
-        request = ForecastRequest(
-            target=window.target,
-            context_length=item.context_hours,  # so a context beyond the model's limit is refused, not cut
-            past_covariates=window.past_covariates,
-            future_covariates=window.future_covariates,
-            **kwargs,
-        )
-        return _Prepared(request, item.city, list(window.forecast_timestamps))
-    assert item.target is not None
-    request = ForecastRequest(
-        target=[float("nan") if v is None else v for v in item.target],
-        context_length=item.context_hours,
-        past_covariates=_nan_lists(item.past_covariates),
-        future_covariates=_nan_lists(item.future_covariates),
-        **kwargs,
-    )
-    timestamps = None
-    if item.start is not None:
-        step = timedelta(hours=item.freq_hours)
-        n = len(item.target)
-        timestamps = [item.start + step * (n + h) for h in range(item.horizon_hours)]
-    return _Prepared(request, None, timestamps)
-
-
-def _nan_lists(values: Mapping[str, list[float | None]] | None) -> dict[str, list[float]] | None:
-    if not values:
-        return None
-    return {k: [float("nan") if v is None else v for v in vs] for k, vs in values.items()}
-
-
-def _result_body(result: ForecastResult, prepared: _Prepared, family: str) -> dict[str, Any]:
-    return {
-        "request_id": result.request_id,
-        "model": {"name": result.model, "family": family, "random_weights": result.random_weights},
-        "policy": result.policy,
-        "series": prepared.series,
-        "timestamps": [t.isoformat() for t in prepared.timestamps] if prepared.timestamps is not None else None,
-        "median": result.median.tolist(),
-        "quantile_levels": list(result.quantile_levels),
-        "quantiles": {f"{q:g}": result.quantiles[:, j].tolist() for j, q in enumerate(result.quantile_levels)},
-        "batch_size": result.batch_size,
-        "cold_start": result.cold_start,
-        "timings": result.timings.to_dict(),
-        "context_used": result.context_used,
-    }
+    assert runtime.store is not None
+    return build_request(item, runtime.store)
 
 
 async def _forecast_one(runtime: ServerRuntime, item: ForecastIn, prefix: list[str | int]) -> dict[str, Any]:
@@ -286,9 +204,9 @@ async def _forecast_one(runtime: ServerRuntime, item: ForecastIn, prefix: list[s
     except UnknownModel as exc:
         raise _invalid([*prefix, "model_name"], exc.message, exc.reason) from None
     except Exception as exc:
-        raise _error_for(exc, item, prefix) from None
+        raise error_for(exc, item, prefix) from None
     spec = engine.spec(result.model)
-    return _result_body(result, prepared, spec.family if spec is not None else "unknown")
+    return result_body(result, prepared, spec.family if spec is not None else "unknown")
 
 
 async def _until_disconnected(request: Request) -> None:
