@@ -1,20 +1,13 @@
 """``chronoserve replay``: send a trace open loop, measure with HDR histograms, plot.
 
 In-process by default (the same engine the server uses), or against a server with a URL.
+Names are imported on first use, so the CLI's ``--help`` stays fast.
 """
 
 from __future__ import annotations
 
-import sys
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
-from .report import Summary, format_table, summarize, write_outputs
-from .runner import Record, run_trace
-from .targets import HTTPTarget, InProcessTarget, Outcome, Target, preload_torch
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "HTTPTarget",
@@ -32,66 +25,32 @@ __all__ = [
     "write_outputs",
 ]
 
+_WHERE = {
+    "HTTPTarget": "targets",
+    "InProcessTarget": "targets",
+    "Outcome": "targets",
+    "Target": "targets",
+    "preload_torch": "targets",
+    "Record": "runner",
+    "run_trace": "runner",
+    "Summary": "report",
+    "format_table": "report",
+    "summarize": "report",
+    "write_outputs": "report",
+    "ReplayResult": "_api",
+    "replay": "_api",
+}
 
-@dataclass
-class ReplayResult:
-    summary: Summary
-    records: list[Record]
-    files: list[Path]
-
-
-class _Progress:
-    """A progress line on stderr: answered, errors, and the running p50, at most twice a second."""
-
-    def __init__(self, total: int, label: str, enabled: bool) -> None:
-        self.total, self.label, self.enabled = total, label, enabled
-        self.done = self.errors = 0
-        self.latencies: list[float] = []
-        self.last = 0.0
-
-    def __call__(self, record: Record) -> None:
-        self.done += 1
-        if record.ok:
-            self.latencies.append(record.latency)
-        else:
-            self.errors += 1
-        now = time.monotonic()
-        if self.enabled and (now - self.last > 0.5 or self.done == self.total):
-            self.last = now
-            p50 = sorted(self.latencies)[len(self.latencies) // 2] * 1000 if self.latencies else float("nan")
-            end = "\n" if self.done == self.total else ""
-            print(
-                f"\r  {self.label}: {self.done}/{self.total} answered, {self.errors} errors, p50 so far {p50:.0f} ms",
-                end=end,
-                file=sys.stderr,
-                flush=True,
-            )
+if TYPE_CHECKING:
+    from ._api import ReplayResult, replay
+    from .report import Summary, format_table, summarize, write_outputs
+    from .runner import Record, run_trace
+    from .targets import HTTPTarget, InProcessTarget, Outcome, Target, preload_torch
 
 
-async def replay(
-    requests: Sequence[Any],
-    target: Target,
-    *,
-    out: Path | None = None,
-    label: str | None = None,
-    meta: dict[str, Any] | None = None,
-    progress: bool = True,
-    plots: bool = True,
-    lead: float = 0.2,
-) -> ReplayResult:
-    """Start ``target``, replay ``requests`` open loop, close it; summarise and write ``out``."""
-    label = label or target.label
-    await target.start()
-    try:
-        records = await run_trace(list(requests), target, lead=lead, progress=_Progress(len(requests), label, progress))
-    finally:
-        await target.close()
-    summary = summarize(records, label, {**(meta or {}), "target": target.describe()})
-    files: list[Path] = []
-    if out is not None:
-        files += write_outputs(out, records, summary)
-        if plots and records:
-            from .plots import plot_replay
-
-            files += plot_replay(out, records, summary)
-    return ReplayResult(summary, records, files)
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'chronoserve.replay' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"chronoserve.replay.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
