@@ -423,3 +423,14 @@ def test_embedded_loads_fast() -> None:
         SeriesStore.embedded()
         best = min(best, time.perf_counter() - t0)
     assert best < 0.5
+
+
+def test_values_is_a_read_only_view_of_a_column():
+    store = SeriesStore.embedded()
+    pm25 = store.values("dongsi")
+    assert pm25.shape == (4416,) and not pm25.flags.writeable
+    np.testing.assert_array_equal(pm25[-24:], store.window("dongsi", horizon=1, context=24).target)
+    assert store.values("dongsi", "temperature").shape == (4416,)
+    with pytest.raises(InvalidRequest) as info:
+        store.values("dongsi", "ozone")
+    assert info.value.field == "column"

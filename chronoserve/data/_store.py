@@ -377,6 +377,20 @@ class SeriesStore:
         """Raises :class:`InvalidRequest` (field ``city``) for an unknown id."""
         return self._get(series_id).info
 
+    def values(self, series_id: str, column: str = TARGET) -> FloatArray:
+        """A read-only view of one column of a series, every hour from its start (NaN for gaps)."""
+        s = self._get(series_id)
+        if column == TARGET:
+            array = s.target
+        elif column in s.covariates:
+            array = s.covariates[column]
+        else:
+            known = ", ".join([TARGET, *s.covariates])
+            raise InvalidRequest("column", f"{s.info.id!r} has no column {column!r} (columns: {known})")
+        view: FloatArray = array.view()
+        view.flags.writeable = False
+        return view
+
     def infos(self) -> list[SeriesInfo]:
         return [s.info for s in self._series.values()]
 

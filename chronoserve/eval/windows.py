@@ -32,7 +32,6 @@ import numpy as np
 import numpy.typing as npt
 
 from chronoserve.data import SeriesStore
-from chronoserve.errors import InvalidRequest
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -194,14 +193,9 @@ class SeriesData:
 
 
 def series_data(store: SeriesStore, series_id: str) -> SeriesData:
-    """The whole target of ``series_id``, read through the store's public ``info``/``window``."""
+    """The whole target of ``series_id`` (a read-only view) and its first hour."""
     info = store.info(series_id)
-    try:
-        values = store.window(info.id, horizon=1, context=info.rows).target
-    except InvalidRequest:  # the store refuses a context with no observed value
-        values = np.full(info.rows, np.nan, dtype=np.float32)
-    values.flags.writeable = False
-    return SeriesData(id=info.id, values=values, start=info.start)
+    return SeriesData(id=info.id, values=store.values(info.id), start=info.start)
 
 
 def store_windows(
