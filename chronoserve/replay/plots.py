@@ -156,11 +156,13 @@ def plot_compare(path: Path, runs: Sequence[tuple[Summary, Sequence[Record]]]) -
     ax.grid(alpha=0.3, axis="y")
 
     ax = axes[1, 0]
+    when, when_label = _time_axis([r for _, records in runs for r in records])
     for s, records in runs:
-        ok = sorted((r for r in records if r.ok), key=lambda r: r.scheduled)
-        ax.plot([r.scheduled for r in ok], [r.latency * 1000 for r in ok], ".", markersize=3, alpha=0.6, label=s.label)
+        ok = sorted((r for r in records if r.ok), key=lambda r: getattr(r, when))
+        xs = [getattr(r, when) for r in ok]
+        ax.plot(xs, [r.latency * 1000 for r in ok], ".", markersize=3, alpha=0.6, label=s.label)
     ax.set_yscale("log")
-    ax.set_xlabel("scheduled send time (s)")
+    ax.set_xlabel(when_label)
     ax.set_ylabel("latency (ms, log scale)")
     ax.set_title("Latency over time")
     ax.legend(fontsize=8)
