@@ -67,7 +67,7 @@ from chronoserve.traces import read_trace
 HERE = Path(__file__).resolve().parent
 LITSERVE_APP = HERE / "_litserve_app.py"
 IN_PROCESS = ("naive", "lru", "batched")
-HTTP_POLICIES = {"http-batched": "batched", "http-lru": "lru"}
+HTTP_POLICIES = {"http-batched": "batched", "http-lru": "lru", "http-naive": "naive"}
 DEFAULT_SYSTEMS = "naive,lru,batched,http-batched,litserve"
 REFERENCE = "batched"
 #: Same headers for every HTTP server: LitServe gzips bodies over 1,000 bytes when the client accepts it.
@@ -541,7 +541,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--systems",
         default=f"raw,{DEFAULT_SYSTEMS}",
-        help="comma-separated: raw, naive, lru, batched, http-batched, http-lru, litserve (default: all but http-lru)",
+        help="comma-separated: raw, naive, lru, batched, http-batched, http-lru, http-naive, litserve "
+        "(default: all but http-lru and http-naive)",
     )
     parser.add_argument(
         "--litserve-configs",

@@ -26,6 +26,9 @@ class _Progress:
 
     def __init__(self, total: int, label: str, enabled: bool) -> None:
         self.total, self.label, self.enabled = total, label, enabled
+        # On a terminal one line is rewritten in place; in a log, a new line every few seconds.
+        self.tty = sys.stderr.isatty()
+        self.every = 0.5 if self.tty else 5.0
         self.done = self.errors = 0
         self.latencies: list[float] = []
         self.last = 0.0
@@ -37,16 +40,14 @@ class _Progress:
         else:
             self.errors += 1
         now = time.monotonic()
-        if self.enabled and (now - self.last > 0.5 or self.done == self.total):
+        if self.enabled and (now - self.last > self.every or self.done == self.total):
             self.last = now
             p50 = sorted(self.latencies)[len(self.latencies) // 2] * 1000 if self.latencies else float("nan")
-            end = "\n" if self.done == self.total else ""
-            print(
-                f"\r  {self.label}: {self.done}/{self.total} answered, {self.errors} errors, p50 so far {p50:.0f} ms",
-                end=end,
-                file=sys.stderr,
-                flush=True,
-            )
+            line = f"  {self.label}: {self.done}/{self.total} answered, {self.errors} errors, p50 so far {p50:.0f} ms"
+            if self.tty:
+                print("\r" + line, end="\n" if self.done == self.total else "", file=sys.stderr, flush=True)
+            else:
+                print(line, file=sys.stderr, flush=True)
 
 
 async def replay(
