@@ -249,6 +249,13 @@ class Engine:
         future = await self.submit(request)
         return await future
 
+    async def warm(self, model: str) -> ForecastResult:
+        """Load ``model`` (and import torch) through the normal path: one tiny forecast.
+
+        The server's warm-up and in-process replay's ``--warm`` both use it.
+        """
+        return await self.forecast(ForecastRequest(model=model, target=[float(i % 24) for i in range(64)], horizon=1))
+
     async def forecast_many(self, requests: Iterable[ForecastRequest], *, return_exceptions: bool = False) -> list[Any]:
         """Forecast many requests concurrently; results in the order of ``requests``.
 

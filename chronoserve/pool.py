@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from .models.base import ModelBackend, ModelSpec
@@ -19,7 +19,6 @@ class PoolEntry:
     last_used: float = 0.0
     running: int = 0
     load_finished: float | None = None
-    waiters: set[int] = field(default_factory=set)
 
     @property
     def load_seconds(self) -> float | None:

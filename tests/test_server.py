@@ -284,12 +284,6 @@ async def test_series_lists_the_twelve_sites():
 
 
 async def test_health_and_readiness():
-    gate = asyncio.Event()
-
-    class SlowLoader(FakeLoader):
-        def load(self, spec):
-            return super().load(spec)
-
     loader = fake_loader()
     settings = ServerSettings(policy_options={"max_wait": 0.001})
     app = create_app(settings, loader=loader)
@@ -308,7 +302,6 @@ async def test_health_and_readiness():
             assert r.status_code == 503 and r.json()["status"] == "draining"
             r = await client.post("/forecast", json={"target": [1.0]})
             assert r.status_code == 503
-    gate.set()
 
 
 async def test_metrics_count_requests_batches_and_loads():

@@ -85,11 +85,7 @@ class InProcessTarget(Target):
         self.engine = Engine(self.policy, loader=self.loader, **self.engine_options)
         await self.engine.start()
         for name in self.warm_models:
-            from chronoserve.request import ForecastRequest
-
-            await self.engine.forecast(
-                ForecastRequest(model=name, target=[float(i % 24) for i in range(64)], horizon=1)
-            )
+            await self.engine.warm(name)
 
     async def send(self, request: Any) -> Outcome:
         from chronoserve.server.app import HTTPError, error_for

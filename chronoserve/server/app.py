@@ -38,7 +38,6 @@ from chronoserve.errors import (
 )
 from chronoserve.models.base import ModelLoader
 from chronoserve.models.catalog import CATALOG, find_entry
-from chronoserve.request import ForecastRequest
 
 from .convert import Prepared, build_request, http_field, result_body
 from .metrics import ServerMetrics
@@ -414,9 +413,7 @@ async def _warm_up(runtime: ServerRuntime) -> None:
     names = list(dict.fromkeys([runtime.settings.default_model, *runtime.settings.models]))
     for name in names:
         try:
-            await runtime.engine.forecast(
-                ForecastRequest(model=name, target=[float(i % 24) for i in range(64)], horizon=1)
-            )
+            await runtime.engine.warm(name)
         except ChronoserveError as exc:
             runtime.warmup_error = f"{name}: {exc}"
             logger.error("warm-up of %s failed: %s", name, exc)
