@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from chronoserve.perf import CsvMetricsLogger, SystemSampler
+
 from .report import Summary, summarize, write_outputs
 from .runner import Record, run_trace
 from .targets import Target
@@ -60,16 +62,29 @@ async def replay(
     progress: bool = True,
     plots: bool = True,
     lead: float = 0.2,
+    system_stats: bool = False,
 ) -> ReplayResult:
-    """Start ``target``, replay ``requests`` open loop, close it; summarise and write ``out``."""
+    """Start ``target``, replay ``requests`` open loop, close it; summarise and write ``out``.
+
+    ``system_stats`` (with ``out``) also writes ``system_stats.csv`` (a
+    :class:`~chronoserve.perf.SystemSampler` of this machine, per core, every second) and, for
+    an in-process target, ``batches.csv`` (one row per engine batch), both timed from the start
+    of the replay like the records.
+    """
     label = label or target.label
     await target.start()
+    perf = _start_perf(out, target, lead) if system_stats and out is not None else None
     try:
         records = await run_trace(list(requests), target, lead=lead, progress=_Progress(len(requests), label, progress))
     finally:
         await target.close()
+        if perf is not None:
+            for part in perf:
+                part.close()
     summary = summarize(records, label, {**(meta or {}), "target": target.describe()})
     files: list[Path] = []
+    if perf is not None:
+        files += [p.path for p in perf if p.path is not None]
     if out is not None:
         files += write_outputs(out, records, summary)
         if plots and records:
@@ -77,3 +92,18 @@ async def replay(
 
             files += plot_replay(out, records, summary)
     return ReplayResult(summary, records, files)
+
+
+def _start_perf(out: Path, target: Target, lead: float) -> list[CsvMetricsLogger | SystemSampler]:
+    """The system sampler (and, in-process, the per-batch logger) of ``replay(system_stats=True)``."""
+    from chronoserve.perf import BatchRecorder
+
+    t0 = time.monotonic() + lead  # the replay's own time origin (see run_trace)
+    parts: list[CsvMetricsLogger | SystemSampler] = []
+    engine = getattr(target, "engine", None)
+    if engine is not None:
+        logger = CsvMetricsLogger(out / "batches.csv", t0=t0)
+        engine.add_observer(BatchRecorder(logger))  # a batch mixes series and contexts: those cells stay empty
+        parts.append(logger)
+    parts.append(SystemSampler(out / "system_stats.csv", interval_s=1.0, per_core=True, t0=t0).start())
+    return parts

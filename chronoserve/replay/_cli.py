@@ -33,6 +33,12 @@ def register(subparsers: Any, add_engine_options: Any, engine_kwargs: Any) -> ar
         help="comma-separated policies to run in turn on the same trace, e.g. naive,lru,batched",
     )
     p.add_argument("--warm", action="store_true", help="in-process: load the trace's models before the clock starts")
+    p.add_argument(
+        "--system-stats",
+        action="store_true",
+        help="also write system_stats.csv (CPU per core, memory, this process's CPU and RSS, every second) "
+        "and, in-process, batches.csv (one row per engine batch) to --out",
+    )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     add_engine_options(p)
@@ -113,7 +119,14 @@ async def _run(
             label = policy
         print(f"replaying {meta['requests']} requests ({meta['trace']}) on {label} ...", file=sys.stderr)
         result = await replay(
-            requests, target, out=out, label=label, meta=meta, progress=not args.quiet, plots=not args.no_plots
+            requests,
+            target,
+            out=out,
+            label=label,
+            meta=meta,
+            progress=not args.quiet,
+            plots=not args.no_plots,
+            system_stats=args.system_stats,
         )
         runs.append(result)
     summaries = [r.summary for r in runs]
