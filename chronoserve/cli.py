@@ -199,11 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     from ._trace_cli import register as register_trace
+    from .eval._cli import register as register_eval
     from .models._cli import register as register_models
     from .replay._cli import register as register_replay
 
     register_models(sub)
     register_replay(sub, add_engine_options, engine_kwargs)
+    register_eval(sub, add_engine_options, engine_kwargs)
     register_trace(sub)
 
     policies = sub.add_parser("policies", help="list the installed scheduling policies and their options")
