@@ -199,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     from ._trace_cli import register as register_trace
+    from .edge._cli import register as register_edge
     from .eval._cli import register as register_eval
     from .models._cli import register as register_models
     from .replay._cli import register as register_replay
@@ -207,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_replay(sub, add_engine_options, engine_kwargs)
     register_eval(sub, add_engine_options, engine_kwargs)
     register_trace(sub)
+    register_edge(sub)
 
     policies = sub.add_parser("policies", help="list the installed scheduling policies and their options")
     policies.set_defaults(func=cmd_policies)
