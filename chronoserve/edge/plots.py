@@ -85,21 +85,30 @@ def plot_latency(path: Path, runs: Sequence[RunData]) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(10, 5))
     _shade_warmup(ax, runs)
-    tops = []
+    medians, lows, tops = [], [], []
     for i, run in enumerate(runs):
         t, v = run.column(run.batches, "latency_s")
         if not len(t):
             continue
         color = f"C{i}"
-        ax.scatter(t, v * 1000, s=3, alpha=0.25, color=color, linewidths=0)
-        ax.plot(t, _rolling_median(v * 1000, 25), color=color, lw=1.5, label=f"{run.label} (rolling median of 25)")
+        window = max(1, min(25, len(v) // 5))
+        ax.scatter(t, v * 1000, s=6, alpha=0.35, color=color, linewidths=0)
+        verdict = "" if run.result.get("verdict") == "VALID" else ", INVALID"
+        label = f"{run.label} (rolling median of {window}{verdict})"
+        ax.plot(t, _rolling_median(v * 1000, window), color=color, lw=1.5, label=label)
+        medians.append(float(np.median(v * 1000)))
+        lows.append(float(np.min(v * 1000)))
         tops.append(float(np.percentile(v * 1000, 99.5)))
-    if tops:
+    log = bool(medians) and max(medians) > 5 * min(medians)  # runs on different scales: a log axis shows all
+    if log:
+        ax.set_yscale("log")
+        ax.set_ylim(min(lows) * 0.8, max(tops) * 1.5)
+    elif tops:
         ax.set_ylim(0, max(tops) * 1.3)  # a few outliers above the top are cut off; summary.json has the max
     ax.set_xlabel("time since the measured part started (s)")
     scenario = runs[0].result.get("config", {}).get("scenario") if runs else None
     what = "query latency, submission to answer" if scenario == "singlestream" else "batch inference time"
-    ax.set_ylabel(f"{what} (ms)")
+    ax.set_ylabel(f"{what} (ms{', log scale' if log else ''})")
     ax.set_title(_title(runs, "Latency over time"))
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(alpha=0.3)
@@ -240,6 +249,9 @@ def plot_batch_sweep(path: Path, results: Sequence[Mapping[str, Any]]) -> Path:
     """Median (and p90) latency and throughput against batch size, one line per core count."""
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    sizes: set[int] = set()
+    medians: list[float] = []
+    invalid = False
     by_cores: dict[int, list[Mapping[str, Any]]] = {}
     for r in results:
         by_cores.setdefault(len(r["config"]["cores"]), []).append(r)
@@ -249,16 +261,34 @@ def plot_batch_sweep(path: Path, results: Sequence[Mapping[str, Any]]) -> Path:
         p50 = [(r["latency_s"].get("p50") or np.nan) * 1000 for r in rows]
         p90 = [(r["latency_s"].get("p90") or np.nan) * 1000 for r in rows]
         rate = [r["throughput"].get("series_per_s") or np.nan for r in rows]
-        left.plot(batch, p50, color=f"C{i}", marker="o", label=f"{k} core{'s' if k > 1 else ''}: median")
-        left.plot(batch, p90, color=f"C{i}", marker="x", ls="--", lw=1, label=f"{k} core{'s' if k > 1 else ''}: p90")
-        right.plot(batch, rate, color=f"C{i}", marker="o", label=f"{k} core{'s' if k > 1 else ''}")
+        name = f"{k} core{'s' if k > 1 else ''}"
+        left.plot(batch, p50, color=f"C{i}", marker="o", label=f"{name}: median")
+        left.plot(batch, p90, color=f"C{i}", marker="x", ls="--", lw=1, label=f"{name}: p90")
+        right.plot(batch, rate, color=f"C{i}", marker="o", label=name)
+        bad = [j for j, r in enumerate(rows) if r.get("verdict", "VALID") != "VALID"]
+        if bad:
+            ring = {"s": 160, "facecolors": "none", "edgecolors": "red", "linewidths": 1.2, "zorder": 3}
+            left.scatter([batch[j] for j in bad], [p50[j] for j in bad], **ring)
+            right.scatter([batch[j] for j in bad], [rate[j] for j in bad], **ring)
+            invalid = True
+        sizes.update(batch)
+        medians += [v for v in p50 if v == v]
+    if invalid:
+        for ax in (left, right):
+            ax.scatter([], [], s=160, facecolors="none", edgecolors="red", label="INVALID run (see summary.json)")
     for ax in (left, right):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(sizes), [str(b) for b in sorted(sizes)])
+        ax.minorticks_off()
         ax.set_xlabel("batch size (series per query)")
-        ax.grid(alpha=0.3, which="both")
+        ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    left.set_ylabel("latency per query (ms)")
-    left.set_ylim(bottom=0)
+    if medians and max(medians) > 10 * min(medians):
+        left.set_yscale("log")
+        left.set_ylabel("latency per query (ms, log scale)")
+    else:
+        left.set_ylabel("latency per query (ms)")
+        left.set_ylim(bottom=0)
     right.set_ylabel("throughput (series/s)")
     right.set_ylim(bottom=0)
     model = results[0].get("model", {}) if results else {}
