@@ -6,11 +6,19 @@
   baseline), with fev's and gluonts' formulas.
 - :mod:`chronoserve.eval.baselines`: naive, seasonal-naive (numpy) and statsforecast's
   AutoTheta / AutoARIMA, each returning a model's output (median and quantiles).
+- :mod:`chronoserve.eval.sweep`: ``chronoserve eval``'s grid of configurations and its runner
+  (:func:`run_sweep`), on the server's engine, resumable; :mod:`chronoserve.eval.report` and
+  :mod:`chronoserve.eval.plots` its tables and PNGs; :mod:`chronoserve.eval.perf` the
+  ``--perf`` mode (:func:`run_perf`).
 
-numpy only at import; statsforecast is imported when a statsforecast baseline runs.
+numpy only at import: the sweep's names are imported on first use, statsforecast when a
+statsforecast baseline runs, the engine and matplotlib when a sweep runs.
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from chronoserve.eval.baselines import BASELINES, Baseline, auto_arima, auto_theta, fill_gaps, naive, seasonal_naive
 from chronoserve.eval.metrics import (
@@ -40,12 +48,20 @@ from chronoserve.eval.windows import (
 __all__ = [
     "BASELINES",
     "Baseline",
+    "Config",
+    "ConfigResult",
     "EvalWindow",
+    "PerfResult",
     "RelativeScore",
     "SeriesData",
+    "SettingsMismatch",
+    "SweepError",
+    "SweepResult",
+    "SweepSettings",
     "WindowMean",
     "auto_arima",
     "auto_theta",
+    "configurations",
     "count_windows",
     "coverage",
     "fill_gaps",
@@ -58,6 +74,8 @@ __all__ = [
     "relative_to",
     "rmse",
     "rolling_windows",
+    "run_perf",
+    "run_sweep",
     "score_window",
     "seasonal_naive",
     "seasonal_scale",
@@ -65,3 +83,37 @@ __all__ = [
     "store_windows",
     "wql",
 ]
+
+_LAZY = {
+    "Config": "sweep",
+    "ConfigResult": "sweep",
+    "SettingsMismatch": "sweep",
+    "SweepError": "sweep",
+    "SweepResult": "sweep",
+    "SweepSettings": "sweep",
+    "configurations": "sweep",
+    "run_sweep": "sweep",
+    "PerfResult": "perf",
+    "run_perf": "perf",
+}
+
+if TYPE_CHECKING:
+    from chronoserve.eval.perf import PerfResult, run_perf
+    from chronoserve.eval.sweep import (
+        Config,
+        ConfigResult,
+        SettingsMismatch,
+        SweepError,
+        SweepResult,
+        SweepSettings,
+        configurations,
+        run_sweep,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'chronoserve.eval' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"chronoserve.eval.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value

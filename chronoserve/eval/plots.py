@@ -168,7 +168,7 @@ def plot_rmse_cdf(out: Path, settings: SweepSettings, results: Sequence[ConfigRe
             color = "black" if with_sets and not r.config.covariates else cmap(k / max(1, len(rs)))
             width = 2.0 if with_sets and not r.config.covariates else 1.2
             ax.step(values, np.arange(1, values.size + 1) / values.size, where="post", label=label, color=color,
-                    linewidth=width)  # fmt: skip
+                    linewidth=width, zorder=3 if width > 1.5 else 2)  # fmt: skip
         if anchor is not None:
             values = np.sort([v for s in window_scores(anchor, "rmse").values() for v in s.values() if np.isfinite(v)])
             if values.size:
