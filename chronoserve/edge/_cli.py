@@ -226,7 +226,7 @@ def cmd_edge_bench(args: argparse.Namespace) -> int:
             print(
                 f"[{n}/{total}] {label}: {config['model']} pinned to cores {format_cores(config['cores'])}, "
                 f"{config['scenario']}, warm-up {rules['warmup_s']:g} s, then at least {rules['duration_s']:g} s "
-                f"and {rules['min_queries']} queries ...",
+                f"and {rules['min_queries']} {'queries' if config['scenario'] == 'singlestream' else 'series'} ...",
                 file=sys.stderr,
                 flush=True,
             )

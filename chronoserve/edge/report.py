@@ -65,6 +65,13 @@ def combine_csv(out: Path, name: str, runs: Sequence[tuple[str, Path]]) -> Path:
     return path
 
 
+def _count(measured: Mapping[str, Any]) -> str:
+    """``1151 queries`` (SingleStream) or ``1184 series`` (Offline)."""
+    if "queries" not in measured:
+        return "-"
+    return f"{measured['queries']} {measured.get('unit', 'queries')}"
+
+
 def _ms(value: Any) -> str:
     return f"{value * 1000:.1f}" if isinstance(value, (int, float)) else "-"
 
@@ -76,7 +83,7 @@ def _num(value: Any, digits: int = 1) -> str:
 def format_table(results: Sequence[Mapping[str, Any]]) -> str:
     """The readable table printed at the end: one row per run, then each INVALID run's reasons."""
     header = [
-        "run", "verdict", "queries", "p50 ms", "p90 ms", "p90 ES ms", "p99 ms", "max ms", "mean ms",
+        "run", "verdict", "measured", "p50 ms", "p90 ms", "p90 ES ms", "p99 ms", "max ms", "mean ms",
         "series/s", "proc CPU %", "outside %", "peak RSS", "max °C",
     ]  # fmt: skip
     rows = [header]
@@ -92,7 +99,7 @@ def format_table(results: Sequence[Mapping[str, Any]]) -> str:
             [
                 str(r.get("label")),
                 str(r.get("verdict")),
-                str(r.get("measured", {}).get("queries", "-")),
+                _count(r.get("measured", {})),
                 _ms(lat.get("p50")),
                 _ms(lat.get("p90")),
                 _ms(early.get("estimate")),

@@ -257,7 +257,7 @@ async def _offline(
                     m.latencies.append(float(row["latency_s"]))
                     m.busy_s += float(row["latency_s"])
                 else:
-                    m.warmup_queries += 1
+                    m.warmup_queries += int(row["batch_size"])
             seen = len(logger.rows)
             now = clock()
             if now - t0 < rules.warmup_s:
