@@ -194,7 +194,9 @@ def run_fake(config: BenchConfig, cores: list[float], proc: float, predict_secon
 
 
 def test_single_stream_on_a_fake_model_is_valid_and_excludes_the_warmup(tmp_path):
-    config = fake_config(tmp_path, rules=R.RunRules(duration_s=0.3, min_queries=70, warmup_s=0.1))
+    # A generous maximum: a loaded CI machine still reaches the minimums (the run ends as soon as it does).
+    rules = R.RunRules(duration_s=0.3, min_queries=70, warmup_s=0.1, max_duration_s=60)
+    config = fake_config(tmp_path, rules=rules)
     result = run_fake(config, cores=[1.0, 100.0], proc=99.0)
     assert result["verdict"] == "VALID", result["reasons"]
     measured = result["measured"]
@@ -225,7 +227,7 @@ def test_a_contaminated_run_is_invalid(tmp_path):
 
 
 def test_offline_keeps_the_queue_full_and_counts_series(tmp_path):
-    rules = R.RunRules(duration_s=0.2, min_queries=64, warmup_s=0.05)
+    rules = R.RunRules(duration_s=0.2, min_queries=64, warmup_s=0.05, max_duration_s=60)
     config = fake_config(tmp_path, scenario="offline", batch=4, rules=rules)
     result = run_fake(config, cores=[1.0, 100.0], proc=99.0)
     assert result["verdict"] == "VALID", result["reasons"]
