@@ -73,6 +73,8 @@ def test_bad_context_days_exits_2_naming_the_flag(capsys):
         (["--data", "/no/such/dir"], "--data: "),
         (["--models", "none", "--perf"], "--models: --perf measures Chronos models"),
         (["--models", TINY_BOLT, "--start", "2016-12-30"], "--start/--end: the span of 'aotizhongxin' has 48 hours"),
+        (["--models", "none", "--series", "dongsi", "--plot-days", "2016-07-02"], "--plot-days: 2016-07-02: 'dongsi'"),
+        (["--models", "none", "--series", "dongsi", "--plot-series", "huairou"], "--plot-series: 'huairou' is not"),
     ],
 )
 def test_bad_input_exits_2_naming_the_flag(args, message, capsys, tmp_path: Path):
@@ -81,6 +83,7 @@ def test_bad_input_exits_2_naming_the_flag(args, message, capsys, tmp_path: Path
     assert err.startswith("chronoserve: error: ")
     assert message in err
     assert "Traceback" not in err
+    assert not (tmp_path / "settings.json").exists()  # refused before anything ran
 
 
 def test_missing_statsforecast_exits_2_with_the_install_hint(monkeypatch, capsys, tmp_path: Path):

@@ -36,7 +36,7 @@ from chronoserve.data import SeriesStore
 from chronoserve.eval.sweep import (
     Config,
     SweepSettings,
-    _Windows,
+    WindowSet,
     configurations,
     display_covariates,
     model_label,
@@ -185,7 +185,7 @@ async def run_perf(
     out_dir = Path(out)
     await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
     configs = [c for c in configurations(settings, specs) if c.kind == "model"]
-    windows = _Windows(store, settings)
+    windows = WindowSet(store, settings)
     callers = in_flight if in_flight is not None else _in_flight(engine_options)
     current: dict[str, Any] = {"phase": "warmup"}
     series = _series_label(settings.series)

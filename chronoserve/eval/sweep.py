@@ -585,7 +585,7 @@ def _duration(seconds: float) -> str:
 
 
 @dataclass
-class _Cell:
+class Cell:
     """The windows of one (series, context, horizon), shared by every configuration."""
 
     series: str
@@ -612,14 +612,14 @@ class _Cell:
         }
 
 
-class _Windows:
+class WindowSet:
     """Cuts the windows of each (series, context, horizon) once."""
 
     def __init__(self, store: SeriesStore, settings: SweepSettings) -> None:
         self.store, self.settings = store, settings
-        self._cells: dict[tuple[str, int, int], _Cell] = {}
+        self._cells: dict[tuple[str, int, int], Cell] = {}
 
-    def cell(self, series: str, context: int, horizon: int) -> _Cell:
+    def cell(self, series: str, context: int, horizon: int) -> Cell:
         key = (series, context, horizon)
         if key not in self._cells:
             s = self.settings
@@ -636,7 +636,7 @@ class _Windows:
                 end=hi - max(s.horizons) + horizon,
                 max_windows=s.max_windows,
             )
-            self._cells[key] = _Cell(series, list(windows))
+            self._cells[key] = Cell(series, list(windows))
         return self._cells[key]
 
 
@@ -700,7 +700,7 @@ async def forecast_all(
 
 
 async def _run_model(
-    engine: Engine, store: SeriesStore, config: Config, cells: Sequence[_Cell], progress: SweepProgress
+    engine: Engine, store: SeriesStore, config: Config, cells: Sequence[Cell], progress: SweepProgress
 ) -> ConfigResult:
     started = time.monotonic()
     windows = [w for cell in cells for w in cell.usable]
@@ -711,7 +711,7 @@ async def _run_model(
     return ConfigResult(config, rows, counts, time.monotonic() - started)
 
 
-async def _run_baseline(config: Config, cells: Sequence[_Cell], progress: SweepProgress) -> ConfigResult:
+async def _run_baseline(config: Config, cells: Sequence[Cell], progress: SweepProgress) -> ConfigResult:
     started = time.monotonic()
     fn = BASELINES[config.model]
     chunk = _BASELINE_CHUNK.get(config.model, 16)
@@ -766,6 +766,26 @@ def default_plot_days(settings: SweepSettings, store: SeriesStore, series: str, 
     return sorted(set(days))
 
 
+def plot_starts(
+    store: SeriesStore, series: str, days: Sequence[str], *, context_days: int, horizon: int
+) -> list[tuple[datetime, int]]:
+    """00:00 of each day and its row in ``series``; :class:`SweepError` (``--plot-days``) for a day
+    without the context before it or the horizon after it in the data."""
+    data = series_data(store, series)
+    out = []
+    for day in days:
+        start = datetime.fromisoformat(day).replace(hour=0, minute=0, second=0, microsecond=0)
+        i = data.row(start)
+        if i - context_days * 24 < 0 or i + horizon > data.values.size:
+            raise SweepError(
+                "--plot-days",
+                f"{day}: {series!r} has no {context_days}-day context before it or {horizon} h after it "
+                f"(its data runs from {data.start:%Y-%m-%d %H:%M} for {data.values.size} hours)",
+            )
+        out.append((start, i))
+    return out
+
+
 async def forecast_examples(
     engine: Engine | None,
     store: SeriesStore,
@@ -781,6 +801,7 @@ async def forecast_examples(
     them, for the Chronos-2 models that ran with covariates) and every baseline."""
     data = series_data(store, series)
     c = context_days * 24
+    starts = plot_starts(store, series, days, context_days=context_days, horizon=horizon)
     configs: list[Config] = []
     for model in settings.models:
         spec = specs[model]
@@ -790,11 +811,7 @@ async def forecast_examples(
             configs.append(Config(model, "model", spec.random_weights, c, horizon, COVARIATES, settings.known_future))
     configs += [Config(b, "baseline", False, c, horizon) for b in settings.baselines]
     out: list[Example] = []
-    for day in days:
-        start = datetime.fromisoformat(day)
-        i = data.row(start)
-        if i - c < 0 or i + horizon > data.values.size:
-            raise SweepError("--plot-days", f"{day}: a {context_days}-day context and {horizon} h need data around it")
+    for start, i in starts:
         w = EvalWindow(series, 0, i, data.values[i - c : i], data.values[i : i + horizon], data.values[:i], start)
         if w.context_all_nan:
             continue
@@ -884,10 +901,20 @@ async def run_sweep(
     if specs is None:
         specs = await asyncio.to_thread(resolve_models, settings.models, loader)
     check_settings(settings, store, specs)
+    wants_examples = plots and (plot_days is None or len(plot_days) > 0)
+    example_args: dict[str, Any] = {}
+    if wants_examples:  # checked now, not after the sweep
+        sid = plot_series or settings.series[0]
+        if sid not in settings.series:
+            raise SweepError("--plot-series", f"{sid!r} is not among the series of the sweep {list(settings.series)}")
+        days = list(plot_days) if plot_days is not None else default_plot_days(settings, store, sid)
+        c_days, h = _closest(settings.context_days, 10), _closest(settings.horizons, 24)
+        plot_starts(store, sid, days, context_days=c_days, horizon=h)
+        example_args = {"series": sid, "days": days, "context_days": c_days, "horizon": h}
     run_dir = RunDir(Path(out))
     run_dir.prepare(settings, overwrite=overwrite)
     configs = configurations(settings, specs)
-    windows = _Windows(store, settings)
+    windows = WindowSet(store, settings)
 
     def n_windows(config: Config) -> int:
         return sum(len(windows.cell(sid, config.context_hours, config.horizon).usable) for sid in settings.series)
@@ -901,7 +928,7 @@ async def run_sweep(
     )
     meter.resumed(len(done), sum(n_windows(c) for c in done), Path(out))
 
-    def cells(config: Config) -> list[_Cell]:
+    def cells(config: Config) -> list[Cell]:
         return [windows.cell(sid, config.context_hours, config.horizon) for sid in settings.series]
 
     def finished(result: ConfigResult) -> None:
@@ -911,7 +938,6 @@ async def run_sweep(
     examples: list[Example] = []
     model_todo = [c for c in todo if c.kind == "model"]
     baseline_todo = [c for c in todo if c.kind == "baseline"]
-    wants_examples = plots and (plot_days is None or len(plot_days) > 0)
     needs_engine = bool(model_todo) or (wants_examples and bool(settings.models))
     engine = Engine(**options) if needs_engine else None
     try:
@@ -930,13 +956,7 @@ async def run_sweep(
         await _both(model_lane(), baseline_lane())
         meter.finish()
         if wants_examples:
-            sid = plot_series or settings.series[0]
-            days = list(plot_days) if plot_days is not None else default_plot_days(settings, store, sid)
-            c_days = _closest(settings.context_days, 10)
-            h = _closest(settings.horizons, 24)
-            examples = await forecast_examples(
-                engine, store, settings, specs, sid, days, context_days=c_days, horizon=h
-            )
+            examples = await forecast_examples(engine, store, settings, specs, **example_args)
     except BaseException:
         if engine is not None:
             with contextlib.suppress(Exception):
