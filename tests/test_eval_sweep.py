@@ -352,3 +352,8 @@ def test_report_tables_from_results(tmp_path: Path):
     assert overall[BOLT]["tasks"] == len(SERIES) * 2 * 2  # every (series, context, horizon)
     # the fake model is naive: the same relative score
     assert overall[BOLT]["relative_mase"] == pytest.approx(overall["naive"]["relative_mase"], rel=1e-5)
+    # naive's point forecast ignores the context: no context is "best", the table says so
+    md = (tmp_path / "summary.md").read_text()
+    best = md.split("## Best context for a 24 h horizon")[1].split("##")[0]
+    dongsi = next(line for line in best.splitlines() if line.startswith("| dongsi |"))
+    assert dongsi.count("any (") == 3  # the fake model (a naive forecast), naive, seasonal naive

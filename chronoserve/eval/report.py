@@ -501,6 +501,8 @@ def _best(options: Sequence[tuple[int, float]], unit: str) -> str:
     if not valid:
         return "–"
     x, v = min(valid, key=lambda t: t[1])
+    if len(valid) > 1 and max(t[1] for t in valid) - v <= 1e-9 * abs(v):
+        return f"any ({_num(v)})"  # the naive baselines' point forecast ignores the context
     return f"{x} {unit} ({_num(v)})"
 
 
