@@ -82,7 +82,7 @@ def register(subparsers: Any, add_engine_options: Any, engine_kwargs: Any) -> ar
         "eval",
         help="offline accuracy sweep: models and baselines over contexts, horizons and covariates",
         description="Score Chronos models and baselines (naive, seasonal naive, AutoTheta; AutoARIMA with "
-        "--auto-arima) on rolling windows of the PM2.5 series: RMSE, MAE, MASE, WQL and 80 %% coverage per "
+        "--auto-arima) on rolling windows of the PM2.5 series: RMSE, MAE, MASE, WQL and 80 % coverage per "
         "window, aggregates per series and relative to seasonal naive (geometric mean across series). The "
         "models run on the server's engine. Writes windows.csv, summary.csv, relative.csv, summary.md and PNG "
         "plots to --out; an interrupted run resumes. With --perf, forecast continuously for --budget per "
@@ -133,7 +133,7 @@ def register(subparsers: Any, add_engine_options: Any, engine_kwargs: Any) -> ar
         action="store_true",
         help="also give the covariates' TRUE values over the horizon (optimistic; default: past-only)",
     )
-    p.add_argument("--auto-arima", action="store_true", help="add statsforecast AutoARIMA (slow: ~1 s per window)")
+    p.add_argument("--auto-arima", action="store_true", help="add statsforecast AutoARIMA (slow: seconds per window)")
     p.add_argument("--start", type=_hour, default=None, help="first hour of the span (default: 2016-07-01)")
     p.add_argument("--end", type=_hour, default=None, help="the hour after the span (default: 2017-01-01)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default: {DEFAULT_OUT})")
