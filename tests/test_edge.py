@@ -342,6 +342,7 @@ def test_a_short_pinned_run_of_a_tiny_model_in_a_child_process(tmp_path, capsys)
     assert pinning["torch_num_threads"] == 1 and pinning["worker_torch_threads"]["num_threads"] == 1
     assert pinning["parallel_info"]["at::get_num_threads()"] == "1"
     assert run["pinning"]["at_end"]["ok"] is True
+    assert run["pinning"]["threads_at_pin"] == 1  # pinned before any other thread existed
     assert summary["machine"]["allowed_cores"] == allowed_cores() and summary["machine"]["kernel"] == os.uname().release
     assert summary["software"]["torch"] and summary["model"]["dtype"] == "float32"
     assert run["measured"]["queries"] >= 64 and run["early_stopping_p90"]["estimate"] is not None

@@ -1,7 +1,6 @@
 """``python -m chronoserve.edge CONFIG.json``: one pinned edge-bench run, in its own process.
 
-``chronoserve edge-bench`` starts one of these per core count and batch size, already
-pinned (the affinity is set between fork and exec). Affinity and torch's thread counts are
+``chronoserve edge-bench`` starts one of these per core count and batch size. Affinity and torch's thread counts are
 process-wide, and ``torch.set_num_interop_threads`` works once per process, so every
 configuration gets a fresh process. The order here matters: pin, then import torch and set
 its threads, then build the engine, load the model, and check what actually holds.
@@ -24,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .pinning import pin, set_torch_threads
 
-    pin(data["cores"])  # first: before torch, numpy's BLAS or the engine create a thread
+    threads_at_pin = pin(data["cores"])  # first: before torch, numpy's BLAS or the engine create a thread
     threads = set_torch_threads(len(data["cores"]))
 
     from chronoserve.errors import ChronoserveError
@@ -40,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    result["pinning"]["threads_at_pin"] = threads_at_pin
     result["pinning"]["torch_threads_set"] = threads
     result["software"] = software_info()
     out = Path(config.out) / "result.json"

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +152,7 @@ def plan(args: argparse.Namespace) -> tuple[list[dict[str, Any]], Path]:
 
 
 def run_child(config: dict[str, Any], quiet: bool = False) -> dict[str, Any]:
-    """Run one configuration in a fresh process pinned from birth; return its ``result.json``."""
+    """Run one configuration in a fresh process that pins itself first; return its ``result.json``."""
     run_dir = Path(config["out"])
     run_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("result.json", "batches.csv", "samples.csv"):
@@ -164,11 +163,10 @@ def run_child(config: dict[str, Any], quiet: bool = False) -> dict[str, Any]:
     for name in THREAD_ENV:  # OpenMP / BLAS pools sized to k from their first thread
         env[name] = str(len(config["cores"]))
     command = [sys.executable, "-m", "chronoserve.edge", str(config_path)]
-    # The affinity is set between fork and exec: no thread of the child ever runs elsewhere.
+    # The child pins itself before it imports torch (see chronoserve.edge.__main__).
     done = subprocess.run(
         command,
         env=env,
-        preexec_fn=partial(os.sched_setaffinity, 0, set(config["cores"])),
         stdout=subprocess.DEVNULL if quiet else None,
         stderr=subprocess.PIPE if quiet else None,
         text=True,

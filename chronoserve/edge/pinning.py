@@ -2,10 +2,13 @@
 
 On Linux the CPU affinity is a property of each *thread*, inherited when a thread is
 created; threads that already exist keep their old mask. torch (OpenMP), numpy (OpenBLAS)
-and the engine create their thread pools early, so edge-bench sets the affinity of the child
-process before it executes Python at all (``preexec_fn`` of the parent's ``Popen``), sets it
-again first thing in the child (for a child started by hand), and after the model is loaded
-reads back the mask of the process and of every thread in ``/proc/self/task``.
+and the engine create their thread pools early, so the child process pins itself, and every
+thread it has at that moment (normally only the interpreter's), first thing, before it
+imports any of them (:func:`pin`); the OpenMP/BLAS pools are sized to ``k`` through the
+environment. After the model is loaded, and again at the end, it reads back the mask of the
+process and of every thread in ``/proc/self/task`` (:func:`inspect_pinning`). (A
+``preexec_fn`` in the parent would pin even earlier, but is unsafe when the parent has
+threads, as a test runner may.)
 
 torch's default thread count comes from the core count and ignores the affinity mask
 (pytorch #64864), so the thread counts are always set explicitly (:func:`set_torch_threads`)
@@ -70,15 +73,25 @@ def format_cores(cores: Iterable[int]) -> str:
     return ",".join(str(c) for c in sorted(cores))
 
 
-def pin(cores: Collection[int]) -> None:
-    """Pin this process's calling thread (and the threads it creates from now on) to ``cores``.
+def pin(cores: Collection[int]) -> int:
+    """Pin this process, and every thread it has now, to ``cores``; return how many threads that was.
 
-    Also sizes the OpenMP/OpenBLAS/MKL pools through the environment, if nothing set them, in
-    case they are created after this call.
+    Threads created later inherit the mask. Called first thing in the child, before torch,
+    numpy's BLAS or the engine exist, there is normally one thread (the interpreter's). Also
+    sizes the OpenMP/OpenBLAS/MKL pools through the environment, if nothing set them.
     """
-    os.sched_setaffinity(0, set(cores))
+    wanted = set(cores)
+    os.sched_setaffinity(0, wanted)
+    threads = 0
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            os.sched_setaffinity(int(task.name), wanted)
+            threads += 1
+        except (ValueError, OSError):
+            continue  # the thread ended meanwhile
     for name in THREAD_ENV:
-        os.environ.setdefault(name, str(len(cores)))
+        os.environ.setdefault(name, str(len(wanted)))
+    return threads
 
 
 def set_torch_threads(k: int) -> dict[str, int]:
