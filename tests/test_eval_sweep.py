@@ -14,18 +14,18 @@ from pathlib import Path
 import pytest
 
 from chronoserve.data import SeriesStore
-from chronoserve.eval.report import relative_rows, summary_rows
-from chronoserve.eval.sweep import (
+from chronoserve.eval.grid import (
     COVARIATES,
     SettingsMismatch,
     SweepError,
-    SweepProgress,
     SweepSettings,
     check_settings,
     configurations,
     covariate_sets,
-    run_sweep,
 )
+from chronoserve.eval.report import relative_rows, summary_rows
+from chronoserve.eval.rundir import SweepProgress
+from chronoserve.eval.sweep import run_sweep
 from chronoserve.events import EngineObserver
 from chronoserve.models.loader import ChronosLoader
 from chronoserve.testing import FakeLoader, fake_spec

@@ -6,9 +6,10 @@
   baseline), with fev's and gluonts' formulas.
 - :mod:`chronoserve.eval.baselines`: naive, seasonal-naive (numpy) and statsforecast's
   AutoTheta / AutoARIMA, each returning a model's output (median and quantiles).
-- :mod:`chronoserve.eval.sweep`: ``chronoserve eval``'s grid of configurations and its runner
-  (:func:`run_sweep`), on the server's engine, resumable; :mod:`chronoserve.eval.report` and
-  :mod:`chronoserve.eval.plots` its tables and PNGs; :mod:`chronoserve.eval.perf` the
+- :mod:`chronoserve.eval.grid`: ``chronoserve eval``'s settings and grid of configurations;
+  :mod:`chronoserve.eval.rundir`: its resumable run directory and progress lines;
+  :mod:`chronoserve.eval.sweep`: its runner (:func:`run_sweep`), on the server's engine;
+  :mod:`chronoserve.eval.report` and :mod:`chronoserve.eval.plots` its tables and PNGs; :mod:`chronoserve.eval.perf` the
   ``--perf`` mode (:func:`run_perf`).
 
 numpy only at import: the sweep's names are imported on first use, statsforecast when a
@@ -85,30 +86,23 @@ __all__ = [
 ]
 
 _LAZY = {
-    "Config": "sweep",
-    "ConfigResult": "sweep",
-    "SettingsMismatch": "sweep",
-    "SweepError": "sweep",
+    "Config": "grid",
+    "ConfigResult": "rundir",
+    "SettingsMismatch": "grid",
+    "SweepError": "grid",
     "SweepResult": "sweep",
-    "SweepSettings": "sweep",
-    "configurations": "sweep",
+    "SweepSettings": "grid",
+    "configurations": "grid",
     "run_sweep": "sweep",
     "PerfResult": "perf",
     "run_perf": "perf",
 }
 
 if TYPE_CHECKING:
+    from chronoserve.eval.grid import Config, SettingsMismatch, SweepError, SweepSettings, configurations
     from chronoserve.eval.perf import PerfResult, run_perf
-    from chronoserve.eval.sweep import (
-        Config,
-        ConfigResult,
-        SettingsMismatch,
-        SweepError,
-        SweepResult,
-        SweepSettings,
-        configurations,
-        run_sweep,
-    )
+    from chronoserve.eval.rundir import ConfigResult
+    from chronoserve.eval.sweep import SweepResult, run_sweep
 
 
 def __getattr__(name: str) -> Any:

@@ -182,7 +182,7 @@ def build_settings(args: argparse.Namespace) -> tuple[Any, Any]:
     """The :class:`SweepSettings` and the store from the parsed arguments (errors name the flag)."""
     from chronoserve.data import SeriesStore
     from chronoserve.errors import InvalidRequest
-    from chronoserve.eval.sweep import DEFAULT_BASELINES, SweepError, SweepSettings, default_span
+    from chronoserve.eval.grid import DEFAULT_BASELINES, SweepError, SweepSettings, default_span
 
     if args.data is not None:
         try:
@@ -228,7 +228,8 @@ def build_settings(args: argparse.Namespace) -> tuple[Any, Any]:
 
 def cmd_eval(args: argparse.Namespace, engine_kwargs: Any) -> int:
     from chronoserve.errors import UnknownModel
-    from chronoserve.eval.sweep import SweepError, check_settings, resolve_models
+    from chronoserve.eval.grid import SweepError, check_settings
+    from chronoserve.eval.sweep import resolve_models
     from chronoserve.models.loader import ChronosLoader
 
     settings, store = build_settings(args)
@@ -251,8 +252,9 @@ def cmd_eval(args: argparse.Namespace, engine_kwargs: Any) -> int:
 
 
 def _sweep(args: argparse.Namespace, settings: Any, store: Any, specs: Any, options: dict[str, Any]) -> int:
+    from chronoserve.eval.grid import SettingsMismatch, SweepError
     from chronoserve.eval.report import relative_rows
-    from chronoserve.eval.sweep import SettingsMismatch, SweepError, run_sweep
+    from chronoserve.eval.sweep import run_sweep
 
     random_models = [m for m, s in specs.items() if s.random_weights]
     try:
@@ -289,7 +291,7 @@ def _sweep(args: argparse.Namespace, settings: Any, store: Any, specs: Any, opti
 
 
 def _row_label(row: Any) -> str:
-    from chronoserve.eval.sweep import display_covariates, model_label
+    from chronoserve.eval.grid import display_covariates, model_label
 
     label = model_label(row["model"], row["random_weights"])
     if row["covariates"] == "none":

@@ -33,15 +33,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from chronoserve.data import SeriesStore
-from chronoserve.eval.sweep import (
-    Config,
-    SweepSettings,
-    WindowSet,
-    configurations,
-    display_covariates,
-    model_label,
-    window_request,
-)
+from chronoserve.eval.grid import Config, SweepSettings, configurations, display_covariates, model_label
+from chronoserve.eval.sweep import WindowSet, window_request
 
 if TYPE_CHECKING:
     from chronoserve.models.base import ModelSpec

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from chronoserve.eval.grid import ANCHOR, SweepSettings, display_covariates
 from chronoserve.eval.report import (
     Variant,
     closest,
@@ -32,7 +33,8 @@ from chronoserve.eval.report import (
     variants,
     window_scores,
 )
-from chronoserve.eval.sweep import ANCHOR, ConfigResult, Example, SweepSettings, display_covariates
+from chronoserve.eval.rundir import ConfigResult
+from chronoserve.eval.sweep import Example
 
 
 def _pyplot() -> Any:

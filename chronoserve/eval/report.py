@@ -28,18 +28,18 @@ from typing import Any
 import numpy as np
 
 from chronoserve.data import SeriesStore
-from chronoserve.eval.metrics import RelativeScore, geometric_mean_relative, mean_over_windows
-from chronoserve.eval.sweep import (
+from chronoserve.eval.grid import (
     ANCHOR,
     METRICS,
     RANDOM_MARK,
     WINDOW_FIELDS,
     Config,
-    ConfigResult,
     SweepSettings,
     display_covariates,
     model_label,
 )
+from chronoserve.eval.metrics import RelativeScore, geometric_mean_relative, mean_over_windows
+from chronoserve.eval.rundir import ConfigResult
 
 SUMMARY_FIELDS: tuple[str, ...] = (
     "series",
