@@ -20,6 +20,10 @@ from typing import Any
 from . import __version__
 from .errors import ChronoserveError, InvalidRequest, PolicyError
 
+#: The model of ``serve`` and ``forecast`` when none is named: the small Chronos-2 trained here on
+#: Beijing PM2.5 and shipped with the package (``chronoserve models list`` says how it was made).
+DEFAULT_MODEL = "chronos-2-pm25"
+
 
 class UsageError(Exception):
     """A bad command line: printed as ``error: ...`` with exit code 2."""
@@ -228,7 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated models HTTP may use besides the catalog (names or checkpoint directories); "
         "they are loaded at start-up",
     )
-    serve.add_argument("--default-model", default="random/chronos-bolt-tiny", help="model when a request names none")
+    serve.add_argument(
+        "--default-model",
+        default=DEFAULT_MODEL,
+        help=f"model when a request names none (default: {DEFAULT_MODEL}, the small Chronos-2 trained here)",
+    )
     serve.add_argument("--data", default=None, help="directory of series CSVs (default: embedded Beijing PM2.5)")
     serve.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish queued work on SIGTERM")
     serve.add_argument("--max-body-bytes", type=_positive_int, default=1 << 20, help="request body limit (1 MiB)")
@@ -246,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--csv", help="CSV file with a header row")
     source.add_argument("--values", help="comma-separated history, oldest first (empty or nan for gaps)")
     fc.add_argument("--column", default="pm25", help="CSV column to forecast (default: pm25)")
-    fc.add_argument("--model", default="random/chronos-bolt-tiny", help="catalog name, random/NAME, hub id or dir")
+    fc.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"catalog name, random/NAME, hub id or dir (default: {DEFAULT_MODEL})"
+    )
     fc.add_argument("--horizon", type=_positive_int, default=24, help="steps to forecast (default: 24)")
     fc.add_argument("--context-length", type=_positive_int, default=None, help="use only the last N points")
     fc.add_argument("--quantiles", type=_quantiles, default=[0.1, 0.5, 0.9], help="levels (default: 0.1,0.5,0.9)")

@@ -42,6 +42,7 @@ def fake_loader() -> FakeLoader:
 
 def fast_settings(**kw: Any) -> ServerSettings:
     kw.setdefault("policy_options", {"max_wait": 0.001})
+    kw.setdefault("default_model", FAKE)  # the fake loader serves FAKE, not the shipped default
     return ServerSettings(**kw)
 
 

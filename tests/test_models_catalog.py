@@ -20,7 +20,8 @@ from chronoserve.models import CATALOG, CHRONOS_2, CHRONOS_BOLT, CHRONOS_T5, Chr
 from chronoserve.models import _cli as models_cli
 from chronoserve.models.catalog import BOLT_QUANTILES, CHRONOS_2_QUANTILES
 
-PUBLISHED = [e.name for e in CATALOG.values() if not e.test_only]
+PUBLISHED = [e.name for e in CATALOG.values() if not e.test_only and not e.trained_here]
+TRAINED = [e.name for e in CATALOG.values() if e.trained_here]
 TINY = [e.name for e in CATALOG.values() if e.test_only]
 
 
@@ -38,6 +39,7 @@ def test_catalog_lists_every_published_checkpoint_and_the_tiny_ones() -> None:
         "chronos-t5-large",
     ]
     assert TINY == ["tiny-chronos-bolt", "tiny-chronos-2", "tiny-chronos-t5"]
+    assert TRAINED == ["chronos-2-pm25"]  # trained here and shipped (tests/test_models_train.py)
     for name in PUBLISHED:
         entry = CATALOG[name]
         assert entry.hub_id == f"amazon/{name}"
@@ -72,7 +74,7 @@ def test_catalog_entry_rejects_unknown_names_naming_them() -> None:
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("name", PUBLISHED + TINY)
+@pytest.mark.parametrize("name", PUBLISHED + TINY + TRAINED)
 def test_parameter_count_of_each_architecture(name: str) -> None:
     import torch
 
@@ -255,11 +257,14 @@ def test_cli_models_list_flags_test_entries(capsys: pytest.CaptureFixture[str]) 
     assert args.func(args) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:4] == ["NAME", "FAMILY", "PARAMS", "HUB"]
-    rows = {line.split()[0]: line for line in out[1:]}
+    table, notes = out[1 : out.index("")], out[out.index("") :]
+    rows = {line.split()[0]: line for line in table}
     assert set(rows) == set(CATALOG)
     assert "amazon/chronos-bolt-tiny" in rows["chronos-bolt-tiny"]
     assert "8.7M" in rows["chronos-bolt-tiny"] and "119.5M" in rows["chronos-2"]
     assert " test " in rows["tiny-chronos-bolt"] and " test " not in rows["chronos-bolt-tiny"]
+    assert " trained here " in rows["chronos-2-pm25"] and "shipped" in rows["chronos-2-pm25"]
+    assert any(line.startswith("chronos-2-pm25: TRAINED HERE") for line in notes)  # what it is, how it was made
 
 
 def test_cli_materialize_unknown_name_exits_2_naming_it(capsys: pytest.CaptureFixture[str]) -> None:

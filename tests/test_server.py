@@ -12,7 +12,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from chronoserve.server import ServerSettings, create_app
-from chronoserve.server.schemas import BatchOut, ForecastOut
+from chronoserve.server.schemas import DEFAULT_MODEL, BatchOut, ForecastIn, ForecastOut, ModelsOut
 from chronoserve.testing import FakeLoader, fake_spec
 
 FAKE = "random/chronos-bolt-tiny"  # a catalog name, served by the fake loader in these tests
@@ -31,7 +31,7 @@ def fake_loader(**kw) -> FakeLoader:
 async def client_for(
     settings: ServerSettings | None = None, loader: FakeLoader | None = None, **engine_options
 ) -> AsyncIterator[httpx.AsyncClient]:
-    settings = settings or ServerSettings(policy_options={"max_wait": 0.001})
+    settings = settings or ServerSettings(default_model=FAKE, policy_options={"max_wait": 0.001})
     app = create_app(settings, loader=loader or fake_loader(), engine_options=engine_options or None)
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
@@ -187,7 +187,7 @@ async def test_invalid_requests_get_422_naming_the_field(body, field, message):
 
 
 async def test_not_json_and_too_large_bodies_get_422():
-    async with client_for(ServerSettings(max_body_bytes=1000)) as client:
+    async with client_for(ServerSettings(default_model=FAKE, max_body_bytes=1000)) as client:
         r = await client.post("/forecast", content=b"{not json", headers={"content-type": "application/json"})
         assert r.status_code == 422
         assert r.json()["detail"][0]["type"] == "json_invalid"
@@ -199,7 +199,7 @@ async def test_not_json_and_too_large_bodies_get_422():
 
 
 async def test_operator_allowed_directories_are_served_others_are_not():
-    settings = ServerSettings(models=("/models/mine",), policy_options={"max_wait": 0.001})
+    settings = ServerSettings(default_model=FAKE, models=("/models/mine",), policy_options={"max_wait": 0.001})
     async with client_for(settings) as client:
         ok = await client.post("/forecast", json={"target": [1.0, 2.0], "model_name": "/models/mine"})
         refused = await client.post("/forecast", json={"target": [1.0, 2.0], "model_name": "/models/other"})
@@ -211,7 +211,9 @@ async def test_operator_allowed_directories_are_served_others_are_not():
 
 
 async def test_full_queue_answers_429_with_retry_after_before_any_work():
-    settings = ServerSettings(max_queue=2, warmup=False, policy_options={"max_batch": 100, "max_wait": 30})
+    settings = ServerSettings(
+        default_model=FAKE, max_queue=2, warmup=False, policy_options={"max_batch": 100, "max_wait": 30}
+    )
     async with client_for(settings) as client:
         first = [
             asyncio.create_task(client.post("/forecast", json={"target": [1.0], "horizon_hours": 1})) for _ in range(2)
@@ -238,7 +240,7 @@ async def test_a_model_that_fails_to_load_gives_503_and_others_keep_serving():
 
 
 async def test_client_disconnect_while_queued_drops_the_request():
-    settings = ServerSettings(warmup=False, policy_options={"max_batch": 100, "max_wait": 0.3})
+    settings = ServerSettings(default_model=FAKE, warmup=False, policy_options={"max_batch": 100, "max_wait": 0.3})
     loader = fake_loader()
     app = create_app(settings, loader=loader)
     async with LifespanManager(app) as manager:
@@ -271,6 +273,12 @@ async def test_models_lists_the_catalog_and_the_resident_models():
     assert resident["bytes"] > 0
     assert resident["loaded_at"] is not None
     assert body["default"] == FAKE
+    ModelsOut.model_validate(body)
+    (trained,) = [m for m in body["catalog"] if m["trained_here"]]
+    assert trained["name"] == DEFAULT_MODEL == ServerSettings().default_model
+    assert ForecastIn.model_fields["model_name"].default == DEFAULT_MODEL
+    assert trained["hub_id"] is None and "trained" in trained["description"].lower()
+    assert all(m["description"] == "" for m in body["catalog"] if not m["trained_here"])
 
 
 async def test_series_lists_the_twelve_sites():
@@ -285,7 +293,7 @@ async def test_series_lists_the_twelve_sites():
 
 async def test_health_and_readiness():
     loader = fake_loader()
-    settings = ServerSettings(policy_options={"max_wait": 0.001})
+    settings = ServerSettings(default_model=FAKE, policy_options={"max_wait": 0.001})
     app = create_app(settings, loader=loader)
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
@@ -327,6 +335,15 @@ async def test_metrics_count_requests_batches_and_loads():
     assert 'chronoserve_rejected_requests_total{reason="invalid_request"} 1.0' in text
 
 
+async def test_a_request_without_model_name_gets_the_servers_default_model():
+    settings = ServerSettings(default_model="random/chronos-2", policy_options={"max_wait": 0.001})
+    async with client_for(settings) as client:
+        unnamed = await client.post("/forecast", json={"target": [1.0, 2.0, 3.0], "horizon_hours": 2})
+        named = await client.post("/forecast", json={"target": [1.0, 2.0], "horizon_hours": 2, "model_name": FAKE})
+    assert unnamed.status_code == 200 and unnamed.json()["model"]["name"] == "random/chronos-2"
+    assert named.status_code == 200 and named.json()["model"]["name"] == FAKE
+
+
 async def test_openapi_and_docs():
     async with client_for() as client:
         spec = (await client.get("/openapi.json")).json()
@@ -336,6 +353,10 @@ async def test_openapi_and_docs():
         spec["paths"]
     )
     assert "ForecastIn" in spec["components"]["schemas"]
+    models_schema = spec["paths"]["/models"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert models_schema == {"$ref": "#/components/schemas/ModelsOut"}
+    catalog_item = spec["components"]["schemas"]["CatalogModelOut"]["properties"]
+    assert {"trained_here", "description"} <= set(catalog_item)
     assert docs.status_code == 200 and "openapi.json" in docs.text
 
 
@@ -348,7 +369,7 @@ async def test_nan_history_points_are_gaps_and_outputs_are_finite():
 
 @pytest.mark.slow
 async def test_a_burst_of_5000_gets_200_or_429_none_lost_and_the_metrics_count_them():
-    settings = ServerSettings(max_queue=64, policy_options={"max_batch": 32, "max_wait": 0.001})
+    settings = ServerSettings(default_model=FAKE, max_queue=64, policy_options={"max_batch": 32, "max_wait": 0.001})
     loader = fake_loader(predict_seconds=0.002)
     async with client_for(settings, loader=loader) as client:
 

@@ -40,7 +40,10 @@ def client() -> Iterator[TestClient]:
         ]
     }
     app = create_app(
-        ServerSettings(max_body_bytes=256 * 1024, policy_options={"max_wait": 0.0005}), loader=FakeLoader(specs=specs)
+        ServerSettings(
+            default_model="random/chronos-bolt-tiny", max_body_bytes=256 * 1024, policy_options={"max_wait": 0.0005}
+        ),
+        loader=FakeLoader(specs=specs),
     )
     with TestClient(app, raise_server_exceptions=True) as test_client:
         yield test_client

@@ -10,12 +10,18 @@ transformers or chronos: :meth:`CatalogEntry.build_config` and
 ``num_params`` is the exact parameter count of the config built here (the test suite checks
 it on torch's meta device); ``published_params`` is the figure the model card publishes,
 rounded to ``published_params_rounding``.
+
+One entry is not published anywhere: ``chronos-2-pm25``, a small Chronos-2 trained here from
+random initialisation (``chronoserve models train``) whose checkpoint ships inside the package
+(:attr:`CatalogEntry.shipped`). Its name loads those weights; nothing is downloaded or
+materialised.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from chronoserve import errors
@@ -65,6 +71,20 @@ class CatalogEntry:
     """Tiny configurations like upstream's test dummies: fast, meaningless forecasts."""
     arch: Mapping[str, Any] = field(default_factory=dict)
     """Architecture hyper-parameters (``d_model``, ``d_ff``, ``num_layers``, ...)."""
+    shipped: str | None = None
+    """A checkpoint directory inside the package (relative to ``chronoserve/models``) holding
+    weights trained here: the name loads them. None for the published and test entries."""
+    description: str = ""
+    """What the model is, for ``models list`` and ``GET /models``."""
+
+    @property
+    def trained_here(self) -> bool:
+        """Weights trained by ``chronoserve models train`` and shipped with chronoserve."""
+        return self.shipped is not None
+
+    def shipped_dir(self) -> Path | None:
+        """The absolute path of :attr:`shipped`, or None."""
+        return None if self.shipped is None else Path(__file__).resolve().parent / self.shipped
 
     @property
     def supports_covariates(self) -> bool:
@@ -333,8 +353,36 @@ _ENTRIES: tuple[CatalogEntry, ...] = (
     ),
 )
 
-#: Every entry by short name, published checkpoints first, then the test-only ones.
-CATALOG: Mapping[str, CatalogEntry] = {e.name: e for e in _ENTRIES}
+#: The small Chronos-2 trained here on Beijing PM2.5 (see ``pretrained/chronos-2-pm25/README.md``).
+PM25_MODEL = "chronos-2-pm25"
+
+_TRAINED: tuple[CatalogEntry, ...] = (
+    CatalogEntry(
+        name=PM25_MODEL,
+        family=CHRONOS_2,
+        hub_id=None,
+        num_params=805_792,
+        published_params=None,
+        published_params_rounding=0,
+        context_length=512,
+        max_horizon=48,
+        quantiles=CHRONOS_2_QUANTILES,
+        batch_patch=16,
+        checkpoint_dtype="float32",
+        arch={"d_model": 128, "d_ff": 256, "d_kv": 32, "num_layers": 3, "num_heads": 4},
+        shipped=f"pretrained/{PM25_MODEL}",
+        description=(
+            "TRAINED HERE, not a published model: a small Chronos-2 (0.8M parameters) trained by "
+            "`chronoserve models train --seed 0` from random initialisation (3000 steps, 12 min on 2 CPU "
+            "cores) on hourly Beijing PM2.5 (12 sites, 2013-03-01 to 2016-06-30; July-December 2016 never "
+            "seen), with humidity, temperature and wind as covariates; horizons up to 48 h. See its "
+            "training.json and docs/training.md."
+        ),
+    ),
+)
+
+#: Every entry by short name: the one trained here, the published checkpoints, the test-only ones.
+CATALOG: Mapping[str, CatalogEntry] = {e.name: e for e in (*_TRAINED, *_ENTRIES)}
 _BY_HUB_ID: Mapping[str, CatalogEntry] = {e.hub_id: e for e in _ENTRIES if e.hub_id}
 
 

@@ -5,6 +5,8 @@ Names it understands, in this order:
 - ``random/<catalog name>`` (``random/chronos-bolt-tiny``, ``random/amazon/chronos-2``, and the
   test-only ``tiny-chronos-*`` entries with or without the prefix): the catalog's architecture
   with random weights, materialised into the cache on first :meth:`~ChronosLoader.load`.
+- ``chronos-2-pm25`` (a catalog entry with :attr:`~CatalogEntry.shipped` weights): the checkpoint
+  trained here and shipped inside the package, loaded from there (nothing is materialised).
 - an existing local directory: a Chronos checkpoint, described from its ``config.json``.
 - a catalog short name or hub id (``chronos-bolt-tiny``, ``amazon/chronos-bolt-tiny``): the
   published weights, loaded through ``from_pretrained`` from the hub (or its local cache).
@@ -20,6 +22,7 @@ import math
 import os
 import struct
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +97,8 @@ class ChronosLoader(ModelLoader):
                 raise errors.UnknownModel(name, f"model {name!r} has random weights, and random models are disabled")
             source = random_checkpoint_dir(entry.name, seed=0, cache=self._cache_root())
             return self._spec_from_entry(name, entry, str(source), random_weights=True)
+        if entry is not None and entry.shipped is not None:
+            return self._spec_from_shipped(name, entry)
         if os.path.isdir(name):
             return self._spec_from_directory(name, Path(name))
         if entry is not None:
@@ -131,6 +136,16 @@ class ChronosLoader(ModelLoader):
             num_params=entry.num_params,
             extra=extra,
         )
+
+    def _spec_from_shipped(self, name: str, entry: CatalogEntry) -> ModelSpec:
+        """The checkpoint shipped inside the package for ``entry`` (trained here, not random)."""
+        path = entry.shipped_dir()
+        assert path is not None
+        if not (path / WEIGHTS_FILE).is_file():
+            raise errors.UnknownModel(name, f"model {name!r}: its shipped checkpoint is missing from {path}")
+        spec = self._spec_from_directory(name, path)
+        extra = {**spec.extra, "catalog_name": entry.name, "trained_here": True, "description": entry.description}
+        return replace(spec, random_weights=False, extra=extra)
 
     def _spec_from_directory(self, name: str, path: Path) -> ModelSpec:
         config_path = path / CONFIG_FILE

@@ -190,6 +190,8 @@ def _prepare(runtime: ServerRuntime, item: ForecastIn, prefix: list[str | int]) 
 
 async def _forecast_one(runtime: ServerRuntime, item: ForecastIn, prefix: list[str | int]) -> dict[str, Any]:
     """Forecast one validated item; raises :class:`HTTPError` for every failure."""
+    if "model_name" not in item.model_fields_set:  # the request names no model: the server's default
+        item = item.model_copy(update={"model_name": runtime.settings.default_model})
     engine = runtime.engine
     if engine is None or runtime.draining:
         raise HTTPError(503, "the server is shutting down", {"Connection": "close"})
@@ -342,6 +344,8 @@ async def models(request: Request) -> Response:
             "hub_id": e.hub_id,
             "random_name": f"random/{e.name}",
             "test_only": e.test_only,
+            "trained_here": e.trained_here,
+            "description": e.description,
         }
         for e in CATALOG.values()
     ]
@@ -351,7 +355,8 @@ async def models(request: Request) -> Response:
         "resident": resident,
         "catalog": catalog,
         "note": "random/NAME models have the published architecture and random weights: "
-        "their timings are real, their forecasts are not.",
+        "their timings are real, their forecasts are not. chronos-2-pm25 (trained_here) is a small "
+        "Chronos-2 trained by chronoserve on Beijing PM2.5 2013-03 to 2016-06: see its description.",
     }
     return _ok(runtime, "/models", body)
 

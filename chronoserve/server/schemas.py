@@ -13,7 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-DEFAULT_MODEL = "random/chronos-bolt-tiny"
+#: The small Chronos-2 trained here on Beijing PM2.5 and shipped with chronoserve (real forecasts).
+DEFAULT_MODEL = "chronos-2-pm25"
 DEFAULT_CONTEXT_HOURS = 512
 MAX_BATCH_ITEMS = 1000
 
@@ -121,6 +122,27 @@ class ModelOut(BaseModel):
     random_weights: bool = Field(description="True: random weights; the numbers are not forecasts.")
 
 
+class CatalogModelOut(BaseModel):
+    name: str
+    family: str
+    parameters: int
+    hub_id: str | None = Field(description="Where the published weights live; null for models not published.")
+    random_name: str = Field(description="The name that loads this architecture with random weights.")
+    test_only: bool = Field(description="A tiny configuration for tests.")
+    trained_here: bool = Field(
+        description="Weights trained by `chronoserve models train` and shipped with chronoserve (not published)."
+    )
+    description: str = Field(description="What the model is and how it was trained; empty for published ones.")
+
+
+class ModelsOut(BaseModel):
+    default: str = Field(description="The model of requests that name none.")
+    allowed_extra: list[str]
+    resident: list[dict[str, Any]] = Field(description="Loaded or loading models: status, bytes, load time.")
+    catalog: list[CatalogModelOut]
+    note: str
+
+
 class TimingsOut(BaseModel):
     queue: float
     load: float
@@ -165,7 +187,7 @@ class BatchOut(BaseModel):
 
 def openapi_document(version: str) -> dict[str, Any]:
     """The OpenAPI 3.1 document of the API, built from the pydantic models."""
-    models: list[type[BaseModel]] = [ForecastIn, BatchIn, ForecastOut, BatchOut, ErrorOut]
+    models: list[type[BaseModel]] = [ForecastIn, BatchIn, ForecastOut, BatchOut, ErrorOut, ModelsOut]
     components: dict[str, Any] = {}
     for model in models:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode="validation")
@@ -218,7 +240,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                 "get": {
                     "summary": "The model catalog and what is resident",
                     "operationId": "models",
-                    "responses": {"200": {"description": "Models", "content": {"application/json": {"schema": plain}}}},
+                    "responses": {"200": reply("The default model, the resident ones and the catalog", "ModelsOut")},
                 }
             },
             "/series": {
