@@ -411,3 +411,14 @@ def test_chronoserve_forecast_defaults_to_the_shipped_model(capsys: pytest.Captu
     result = json.loads(capsys.readouterr().out)
     assert result["model"] == PM25_MODEL and result["random_weights"] is False
     assert len(result["median"]) == 6 and all(math.isfinite(v) for v in result["median"])
+
+
+def test_the_shipped_checkpoint_is_package_data() -> None:
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    setuptools = project["tool"]["setuptools"]
+    assert "chronoserve.models.pretrained" in setuptools["packages"]
+    patterns = setuptools["package-data"]["chronoserve.models.pretrained"]
+    assert SHIPPED is not None
+    for path in SHIPPED.iterdir():
+        assert any(path.match(pattern) for pattern in patterns), path.name
