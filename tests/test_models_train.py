@@ -422,3 +422,29 @@ def test_the_shipped_checkpoint_is_package_data() -> None:
     assert SHIPPED is not None
     for path in SHIPPED.iterdir():
         assert any(path.match(pattern) for pattern in patterns), path.name
+
+
+@pytest.mark.torch
+def test_score_span_scores_the_model_and_the_baselines_on_the_held_out_windows(tmp_path: Path) -> None:
+    from chronos import BaseChronosPipeline
+
+    from chronoserve.models.train import score_span
+
+    assert SHIPPED is not None
+    pipeline = BaseChronosPipeline.from_pretrained(str(SHIPPED), device_map="cpu")
+    sites = load_sites(write_synthetic(tmp_path / "data"), SYN_START, TRAIN_END)
+    scores = score_span(pipeline, sites, datetime(2016, 6, 25), horizon=24, context_length=96, variant="past")
+    for who in ("", "naive_", "snaive_"):
+        for metric in ("wql", "mase", "rmse"):
+            assert math.isfinite(scores[f"{who}{metric}"]) and scores[f"{who}{metric}"] >= 0
+    assert scores["rel_mase"] == pytest.approx(scores["mase"] / scores["snaive_mase"], rel=0.5)
+    first = score_span(pipeline, sites, datetime(2016, 6, 25), horizon=24, context_length=96, only_first=6)
+    assert first["naive_rmse"] != scores["naive_rmse"]  # fewer hours scored
+
+
+def test_plot_loss_writes_a_png(tmp_path: Path) -> None:
+    from chronoserve.models.train import plot_loss
+
+    record = {"loss": {"train_curve": [[50, 4.0], [100, 3.5]], "validation_curve": [[100, 2.0]]}}
+    path = plot_loss({"run": record}, tmp_path / "img" / "loss.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
