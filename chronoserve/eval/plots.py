@@ -417,7 +417,7 @@ def plot_perf(
     ax_mem.set_xticks(xs, [labels[m].replace(" [", "\n[") for m in models], fontsize=7)
     ax_mem.set_ylabel("MiB")
     ax_mem.set_ylim(0, 1.25 * max([*peak, *weights, 1.0]))
-    ax_mem.set_title("Memory per model (one engine per model; RSS includes what ran before)", fontsize=10)
+    ax_mem.set_title("Memory per model\n(one engine per model; RSS includes what ran before)", fontsize=10)
     ax_mem.legend(fontsize=8, loc="upper left")
     for ax in (ax_lat, ax_tp, ax_mem):
         ax.grid(alpha=0.3, axis="y")
