@@ -29,7 +29,7 @@ class UsageError(Exception):
     """A bad command line: printed as ``error: ...`` with exit code 2."""
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -50,12 +50,12 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by every command that runs the engine."""
     group = parser.add_argument_group("engine")
     group.add_argument("--policy", default="batched", help="naive, lru, batched, a plugin name or module:Class")
-    group.add_argument("--max-batch", type=_positive_int, default=None, help="batched: B, requests per batch")
+    group.add_argument("--max-batch", type=positive_int, default=None, help="batched: B, requests per batch")
     group.add_argument("--max-wait-ms", type=float, default=None, help="batched: Δt after the oldest request")
-    group.add_argument("--max-resident", type=_positive_int, default=None, help="lru/batched: K resident models")
+    group.add_argument("--max-resident", type=positive_int, default=None, help="lru/batched: K resident models")
     group.add_argument("--memory-budget", default=None, help="lru/batched: bytes of resident models, e.g. 2GB")
-    group.add_argument("--workers", type=_positive_int, default=None, help="inference threads (default: 2)")
-    group.add_argument("--torch-threads", type=_positive_int, default=None, help="torch threads per worker")
+    group.add_argument("--workers", type=positive_int, default=None, help="inference threads (default: 2)")
+    group.add_argument("--torch-threads", type=positive_int, default=None, help="torch threads per worker")
     group.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     group.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model dtype")
 
@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    serve.add_argument("--max-queue", type=_positive_int, default=1024, help="waiting requests before 429 (1024)")
+    serve.add_argument("--max-queue", type=positive_int, default=1024, help="waiting requests before 429 (1024)")
     serve.add_argument(
         "--models",
         default=None,
@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--data", default=None, help="directory of series CSVs (default: embedded Beijing PM2.5)")
     serve.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish queued work on SIGTERM")
-    serve.add_argument("--max-body-bytes", type=_positive_int, default=1 << 20, help="request body limit (1 MiB)")
+    serve.add_argument("--max-body-bytes", type=positive_int, default=1 << 20, help="request body limit (1 MiB)")
     serve.add_argument("--no-warmup", action="store_true", help="report ready without loading models first")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     add_engine_options(serve)
@@ -257,8 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     fc.add_argument(
         "--model", default=DEFAULT_MODEL, help=f"catalog name, random/NAME, hub id or dir (default: {DEFAULT_MODEL})"
     )
-    fc.add_argument("--horizon", type=_positive_int, default=24, help="steps to forecast (default: 24)")
-    fc.add_argument("--context-length", type=_positive_int, default=None, help="use only the last N points")
+    fc.add_argument("--horizon", type=positive_int, default=24, help="steps to forecast (default: 24)")
+    fc.add_argument("--context-length", type=positive_int, default=None, help="use only the last N points")
     fc.add_argument("--quantiles", type=_quantiles, default=[0.1, 0.5, 0.9], help="levels (default: 0.1,0.5,0.9)")
     fc.add_argument("--json", action="store_true", help="print the result as JSON")
     add_engine_options(fc)

@@ -12,6 +12,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from chronoserve.cli import positive_int
+
 DEFAULT_OUT = "results/eval"
 DEFAULT_MODELS = "chronos-2-pm25"
 INSTALL_HINT = "pip install 'chronoserve[eval]'"
@@ -42,16 +44,6 @@ def _max_windows(text: str) -> int | None:
         raise argparse.ArgumentTypeError(f"expected a whole number or 'all', got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1 or 'all', got {value}")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
     return value
 
 
@@ -109,7 +101,7 @@ def register(subparsers: Any, add_engine_options: Any, engine_kwargs: Any) -> ar
         default=[4, 8, 12, 24, 48],
         help="horizons in hours (default: 4,8,12,24,48)",
     )
-    p.add_argument("--stride", type=_positive, default=4, help="hours between forecast starts (default: 4)")
+    p.add_argument("--stride", type=positive_int, default=4, help="hours between forecast starts (default: 4)")
     p.add_argument(
         "--max-windows",
         type=_max_windows,
