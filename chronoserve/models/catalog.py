@@ -19,7 +19,8 @@ materialised.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,34 +151,64 @@ def _bolt_config(entry: CatalogEntry) -> Any:
     )
 
 
-def _chronos2_config(entry: CatalogEntry) -> Any:
+def chronos2_config(
+    *,
+    d_model: int,
+    d_kv: int,
+    d_ff: int,
+    num_layers: int,
+    num_heads: int,
+    context_length: int,
+    max_horizon: int,
+    quantiles: Sequence[float],
+    patch: int = 16,
+    dropout: float = 0.1,
+) -> Any:
+    """A ``Chronos2CoreConfig`` with the published Chronos-2 layout (relu feed-forward, RoPE,
+    patches of ``patch`` in and out, register token, arcsinh scaling) at the given sizes: the
+    catalog's entries and :mod:`chronoserve.models.train`'s models are both built from it.
+    """
     from chronos.chronos2.config import Chronos2CoreConfig
 
-    a = entry.arch
-    assert entry.batch_patch is not None
     return Chronos2CoreConfig(
-        d_model=a["d_model"],
-        d_kv=a["d_kv"],
-        d_ff=a["d_ff"],
-        num_layers=a["num_layers"],
-        num_heads=a["num_heads"],
-        dropout_rate=0.1,
+        d_model=d_model,
+        d_kv=d_kv,
+        d_ff=d_ff,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        dropout_rate=dropout,
         initializer_factor=0.05,
         feed_forward_proj="relu",
         rope_theta=10000.0,
         architectures=["Chronos2Model"],
         chronos_pipeline_class="Chronos2Pipeline",
         chronos_config={
-            "context_length": entry.context_length,
-            "input_patch_size": entry.batch_patch,
-            "input_patch_stride": entry.batch_patch,
-            "output_patch_size": entry.batch_patch,
-            "max_output_patches": entry.max_horizon // entry.batch_patch,
-            "quantiles": list(entry.quantiles),
+            "context_length": context_length,
+            "input_patch_size": patch,
+            "input_patch_stride": patch,
+            "output_patch_size": patch,
+            "max_output_patches": math.ceil(max_horizon / patch),
+            "quantiles": list(quantiles),
             "use_reg_token": True,
             "use_arcsinh": True,
-            "time_encoding_scale": entry.context_length,
+            "time_encoding_scale": context_length,
         },
+    )
+
+
+def _chronos2_config(entry: CatalogEntry) -> Any:
+    a = entry.arch
+    assert entry.batch_patch is not None
+    return chronos2_config(
+        d_model=a["d_model"],
+        d_kv=a["d_kv"],
+        d_ff=a["d_ff"],
+        num_layers=a["num_layers"],
+        num_heads=a["num_heads"],
+        context_length=entry.context_length,
+        max_horizon=entry.max_horizon,
+        quantiles=entry.quantiles,
+        patch=entry.batch_patch,
     )
 
 

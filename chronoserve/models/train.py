@@ -46,7 +46,7 @@ from typing import Any, TextIO
 import numpy as np
 import numpy.typing as npt
 
-from chronoserve.models.catalog import CHRONOS_2_QUANTILES
+from chronoserve.models.catalog import CHRONOS_2_QUANTILES, chronos2_config
 from chronoserve.models.materialize import CONFIG_FILE, MARKER_KEY, TRANSFORMERS_LOCK, WEIGHTS_FILE
 
 FloatArray = npt.NDArray[np.float32]
@@ -360,32 +360,16 @@ def validation_inputs(
 
 def model_config(settings: TrainSettings) -> Any:
     """The ``Chronos2CoreConfig`` of the model to train (the catalog's Chronos-2 layout, smaller)."""
-    from chronos.chronos2.config import Chronos2CoreConfig
-
-    patch = 16
-    return Chronos2CoreConfig(
+    return chronos2_config(
         d_model=settings.d_model,
         d_kv=settings.d_kv,
         d_ff=settings.d_ff,
         num_layers=settings.num_layers,
         num_heads=settings.num_heads,
-        dropout_rate=settings.dropout,
-        initializer_factor=0.05,
-        feed_forward_proj="relu",
-        rope_theta=10000.0,
-        architectures=["Chronos2Model"],
-        chronos_pipeline_class="Chronos2Pipeline",
-        chronos_config={
-            "context_length": settings.context_length,
-            "input_patch_size": patch,
-            "input_patch_stride": patch,
-            "output_patch_size": patch,
-            "max_output_patches": math.ceil(settings.horizon / patch),
-            "quantiles": list(CHRONOS_2_QUANTILES),
-            "use_reg_token": True,
-            "use_arcsinh": True,
-            "time_encoding_scale": settings.context_length,
-        },
+        context_length=settings.context_length,
+        max_horizon=settings.horizon,
+        quantiles=CHRONOS_2_QUANTILES,
+        dropout=settings.dropout,
     )
 
 
