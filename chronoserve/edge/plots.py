@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from chronoserve._plotting import pyplot, save
+
 _CORE = re.compile(r"^cpu(\d+)_percent$")
 
 
@@ -51,15 +53,6 @@ def _read(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _title(runs: Sequence[RunData], what: str) -> str:
     model = runs[0].result.get("model", {}) if runs else {}
     name = str(model.get("name", "?"))
@@ -82,7 +75,7 @@ def _rolling_median(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def plot_latency(path: Path, runs: Sequence[RunData]) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(10, 5))
     _shade_warmup(ax, runs)
     medians, lows, tops = [], [], []
@@ -112,10 +105,7 @@ def plot_latency(path: Path, runs: Sequence[RunData]) -> Path:
     ax.set_title(_title(runs, "Latency over time"))
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def _outside_mean(run: RunData) -> tuple[np.ndarray, np.ndarray]:
@@ -152,7 +142,7 @@ def _foreign(run: RunData) -> tuple[np.ndarray, np.ndarray]:
 
 
 def plot_cpu(path: Path, runs: Sequence[RunData]) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
     for ax in (top, bottom):
         _shade_warmup(ax, runs)
@@ -181,14 +171,11 @@ def plot_cpu(path: Path, runs: Sequence[RunData]) -> Path:
     for ax in (top, bottom):
         ax.legend(loc="upper right", fontsize=8)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_rss(path: Path, runs: Sequence[RunData]) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(10, 4.5))
     _shade_warmup(ax, runs)
     top = 0.0
@@ -202,14 +189,11 @@ def plot_rss(path: Path, runs: Sequence[RunData]) -> Path:
     ax.set_title(_title(runs, "Resident memory over time"))
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_temperature(path: Path, runs: Sequence[RunData]) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(10, 4.5))
     drawn = 0
     for i, run in enumerate(runs):
@@ -239,15 +223,12 @@ def plot_temperature(path: Path, runs: Sequence[RunData]) -> Path:
         )
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_batch_sweep(path: Path, results: Sequence[Mapping[str, Any]]) -> Path:
     """Median (and p90) latency and throughput against batch size, one line per core count."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
     sizes: set[int] = set()
     medians: list[float] = []
@@ -294,10 +275,7 @@ def plot_batch_sweep(path: Path, results: Sequence[Mapping[str, Any]]) -> Path:
     model = results[0].get("model", {}) if results else {}
     random = " (random weights: timings only)" if model.get("random_weights") else ""
     fig.suptitle(f"Latency and throughput against batch size: {model.get('name', '?')}{random}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_all(out: Path, runs: Sequence[RunData]) -> list[Path]:

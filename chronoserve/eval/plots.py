@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from chronoserve._plotting import pyplot, save
 from chronoserve.eval.grid import ANCHOR, SweepSettings, display_covariates
 from chronoserve.eval.report import (
     Variant,
@@ -35,23 +36,6 @@ from chronoserve.eval.report import (
 )
 from chronoserve.eval.rundir import ConfigResult
 from chronoserve.eval.sweep import Example
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: Path, plt: Any, *, layout: bool = True) -> Path:
-    if layout:
-        fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def _covariate_suffix(settings: SweepSettings) -> str:
@@ -78,7 +62,7 @@ def _style(v: Variant, colors: dict[str, Any]) -> dict[str, Any]:
 
 
 def _colors(results: Sequence[ConfigResult]) -> dict[str, Any]:
-    plt = _pyplot()
+    plt = pyplot()
     cycle = plt.get_cmap("tab10").colors
     models = list(dict.fromkeys(r.config.model for r in results))
     return {m: cycle[i % len(cycle)] for i, m in enumerate(models)}
@@ -97,7 +81,7 @@ def _headline(results: Sequence[ConfigResult]) -> tuple[int, int]:
 
 def plot_error_against(out: Path, settings: SweepSettings, results: Sequence[ConfigResult], axis: str) -> Path:
     """``error_vs_context.png`` (``axis="context"``) or ``error_vs_horizon.png`` (``"horizon"``)."""
-    plt = _pyplot()
+    plt = pyplot()
     c_days, h = _headline(results)
     rel = relative_scores(results, "mase")
     colors = _colors(results)
@@ -140,12 +124,12 @@ def plot_error_against(out: Path, settings: SweepSettings, results: Sequence[Con
     fig.suptitle(f"Error against {axis}: {len(settings.series)} series{_covariate_suffix(settings)}", fontsize=11)
     rows = (len(labels) + 2) // 3
     fig.tight_layout(rect=(0.0, 0.04 + 0.035 * rows, 1.0, 1.0))
-    return _save(fig, out / name, plt, layout=False)
+    return save(fig, out / name, layout=False)
 
 
 def plot_rmse_cdf(out: Path, settings: SweepSettings, results: Sequence[ConfigResult]) -> Path:
     """``rmse_cdf.png``: per-window RMSE distributions at the headline configuration."""
-    plt = _pyplot()
+    plt = pyplot()
     c_days, h = _headline(results)
     at = [r for r in results if r.config.context_hours == c_days * 24 and r.config.horizon == h]
     by_model: dict[str, list[ConfigResult]] = defaultdict(list)
@@ -187,7 +171,7 @@ def plot_rmse_cdf(out: Path, settings: SweepSettings, results: Sequence[ConfigRe
         f"{len(settings.series)} series{_covariate_suffix(settings)}",
         fontsize=10,
     )
-    return _save(fig, out / "rmse_cdf.png", plt)
+    return save(fig, out / "rmse_cdf.png")
 
 
 def covariate_improvements(results: Sequence[ConfigResult]) -> dict[str, dict[str, dict[str, float]]]:
@@ -228,7 +212,7 @@ def plot_covariate_improvement(out: Path, settings: SweepSettings, results: Sequ
     improvements = covariate_improvements(results)
     if not improvements:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     labels = {r.config.model: r.config.label for r in results}
     fig, axes = plt.subplots(1, len(improvements), figsize=(max(7, 1.3 * 8) * len(improvements), 5.5), squeeze=False)
     for ax, (model, sets) in zip(axes[0], improvements.items(), strict=True):
@@ -253,14 +237,14 @@ def plot_covariate_improvement(out: Path, settings: SweepSettings, results: Sequ
         + _covariate_suffix(settings),
         fontsize=11,
     )
-    return _save(fig, out / "covariate_improvement.png", plt)
+    return save(fig, out / "covariate_improvement.png")
 
 
 def plot_forecasts(out: Path, settings: SweepSettings, examples: Sequence[Example]) -> Path | None:
     """``forecast_vs_truth.png``: one row per day, one column per model (and covariate set)."""
     if not examples:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     mdates: Any = importlib.import_module("matplotlib.dates")
 
     days = sorted({e.forecast_start for e in examples})
@@ -297,7 +281,7 @@ def plot_forecasts(out: Path, settings: SweepSettings, examples: Sequence[Exampl
         + _covariate_suffix(settings),
         fontsize=11,
     )
-    return _save(fig, out / "forecast_vs_truth.png", plt)
+    return save(fig, out / "forecast_vs_truth.png")
 
 
 def plot_sweep(
@@ -342,7 +326,7 @@ def plot_perf(
     budget: float,
 ) -> list[Path]:
     """``perf_over_time.png`` and ``perf_per_model.png`` from ``eval --perf``'s records."""
-    plt = _pyplot()
+    plt = pyplot()
     import os
 
     cores = os.cpu_count() or 1
@@ -388,7 +372,7 @@ def plot_perf(
         f"{random_note}\nshaded: each model's configurations; unshaded: imports, model loads and warm-up",
         fontsize=10,
     )
-    paths.append(_save(fig, out / "perf_over_time.png", plt))
+    paths.append(save(fig, out / "perf_over_time.png"))
 
     fig, (ax_lat, ax_tp, ax_mem) = plt.subplots(1, 3, figsize=(15, 5))
     per_forecast = []
@@ -425,5 +409,5 @@ def plot_perf(
         f"eval --perf per model: {len(settings.series)} series, {budget:g} s per configuration{random_note}",
         fontsize=11,
     )
-    paths.append(_save(fig, out / "perf_per_model.png", plt))
+    paths.append(save(fig, out / "perf_per_model.png"))
     return paths

@@ -805,12 +805,9 @@ def plot_loss(records: Mapping[str, Mapping[str, Any]], path: str | os.PathLike[
     horizon and over a batch's rows (covariate rows count as zero), on standardised values; so
     validation windows, three quarters covariate rows, score lower than mixed training batches.
     """
-    import matplotlib
+    from chronoserve._plotting import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 4.8))
+    fig, ax = pyplot().subplots(figsize=(9, 4.8))
     for label, record in records.items():
         loss = record["loss"]
         train_curve = np.asarray(loss["train_curve"], dtype=np.float64).reshape(-1, 2)
@@ -835,6 +832,4 @@ def plot_loss(records: Mapping[str, Mapping[str, Any]], path: str | os.PathLike[
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save(fig, out, layout=False)

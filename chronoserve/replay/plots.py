@@ -5,21 +5,13 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from chronoserve._plotting import pyplot, save
+
 from .report import PERCENTILES, Summary
 from .runner import Record
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _by_model(records: Sequence[Record]) -> dict[str, list[Record]]:
@@ -44,7 +36,7 @@ def _time_axis(records: Sequence[Record]) -> tuple[str, str]:
 
 def plot_replay(out: Path, records: Sequence[Record], summary: Summary) -> list[Path]:
     """Latency over send time, requests per second, the time breakdown, latency histograms per model."""
-    plt = _pyplot()
+    plt = pyplot()
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     groups = _by_model(records)
@@ -63,7 +55,7 @@ def plot_replay(out: Path, records: Sequence[Record], summary: Summary) -> list[
     ax.set_title(f"Latency over time — {_title(summary)}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    paths.append(_save(fig, out / "latency_over_time.png", plt))
+    paths.append(save(fig, out / "latency_over_time.png"))
 
     fig, ax = plt.subplots(figsize=(10, 4))
     end = max([r.received for r in records] + [1.0])
@@ -77,7 +69,7 @@ def plot_replay(out: Path, records: Sequence[Record], summary: Summary) -> list[
     ax.set_title(f"Requests per second — {_title(summary)}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    paths.append(_save(fig, out / "requests_per_second.png", plt))
+    paths.append(save(fig, out / "requests_per_second.png"))
 
     ok = [r for r in records if r.ok]
     fig, ax = plt.subplots(figsize=(10, 5))
@@ -106,7 +98,7 @@ def plot_replay(out: Path, records: Sequence[Record], summary: Summary) -> list[
     ax.set_ylabel("mean time per request (ms)")
     ax.set_title(f"Where the time went — {_title(summary)}")
     ax.grid(alpha=0.3, axis="y")
-    paths.append(_save(fig, out / "breakdown.png", plt))
+    paths.append(save(fig, out / "breakdown.png"))
 
     n = max(1, len(groups))
     fig, axes = plt.subplots(n, 1, figsize=(10, 2.6 * n), squeeze=False)
@@ -124,13 +116,13 @@ def plot_replay(out: Path, records: Sequence[Record], summary: Summary) -> list[
         ax.set_ylabel("requests")
     axes[-1, 0].set_xlabel("end-to-end latency (ms, log scale)")
     fig.suptitle(f"Latency per model — {_title(summary)}", fontsize=10)
-    paths.append(_save(fig, out / "latency_histograms.png", plt))
+    paths.append(save(fig, out / "latency_histograms.png"))
     return paths
 
 
 def plot_compare(path: Path, runs: Sequence[tuple[Summary, Sequence[Record]]]) -> Path:
     """One figure for ``--compare``: percentiles, throughput, latency over time and CDFs per run."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
     labels = [s.label for s, _ in runs]
 
@@ -183,11 +175,4 @@ def plot_compare(path: Path, runs: Sequence[tuple[Summary, Sequence[Record]]]) -
     first = runs[0][0]
     weights = " — random weights: timings only" if first.meta.get("random_weights") else ""
     fig.suptitle(f"{first.meta.get('trace', 'trace')}: {' vs '.join(labels)}{weights}")
-    return _save(fig, path, plt)
-
-
-def _save(fig: Any, path: Path, plt: Any) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
