@@ -19,6 +19,7 @@ from typing import Any
 
 from . import __version__
 from .errors import ChronoserveError, InvalidRequest, PolicyError
+from .limits import DEFAULT_LIMITS
 
 #: The model of ``serve`` and ``forecast`` when none is named: the small Chronos-2 trained here on
 #: Beijing PM2.5 and shipped with the package (``chronoserve models list`` says how it was made).
@@ -37,6 +38,32 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
     return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
+def _positive_or_none(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    return positive_float(text)
 
 
 def _quantiles(text: str) -> list[float]:
@@ -174,6 +201,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         data=args.data,
         max_body_bytes=args.max_body_bytes,
         drain_timeout=args.drain_timeout,
+        max_covariates=args.max_covariates,
+        max_request_gflop=args.max_request_gflop,
+        max_inference_seconds=args.max_inference_seconds,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        keep_alive_timeout=args.keep_alive_timeout,
+        max_header_bytes=args.max_header_bytes,
+        max_connections=args.max_connections,
     )
     _check_serve_settings(settings)
     run(settings, host=args.host, port=args.port, log_level=args.log_level)
@@ -238,9 +273,39 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"model when a request names none (default: {DEFAULT_MODEL}, the small Chronos-2 trained here)",
     )
     serve.add_argument("--data", default=None, help="directory of series CSVs (default: embedded Beijing PM2.5)")
-    serve.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish queued work on SIGTERM")
+    serve.add_argument(
+        "--drain-timeout", type=positive_float, default=30.0, help="seconds to finish queued work on SIGTERM"
+    )
     serve.add_argument("--max-body-bytes", type=positive_int, default=1 << 20, help="request body limit (1 MiB)")
     serve.add_argument("--no-warmup", action="store_true", help="report ready without loading models first")
+    limits = serve.add_argument_group("limits per request (see docs/http.md)")
+    limits.add_argument(
+        "--max-covariates",
+        type=non_negative_int,
+        default=DEFAULT_LIMITS.max_covariates,
+        help=f"covariates one request may send ({DEFAULT_LIMITS.max_covariates})",
+    )
+    limits.add_argument(
+        "--max-request-gflop",
+        type=_positive_or_none,
+        default=DEFAULT_LIMITS.max_request_gflop,
+        help=f"refuse requests estimated above this many GFLOP; 'none' for no budget "
+        f"({DEFAULT_LIMITS.max_request_gflop:g})",
+    )
+    limits.add_argument(
+        "--max-inference-seconds",
+        type=_positive_or_none,
+        default=DEFAULT_LIMITS.max_inference_seconds,
+        help=f"stop a batch that holds a worker longer; 'none' for no bound ({DEFAULT_LIMITS.max_inference_seconds:g})",
+    )
+    conn = serve.add_argument_group("connections (see docs/http.md)")
+    conn.add_argument("--header-timeout", type=positive_float, default=10.0, help="seconds to send headers (10)")
+    conn.add_argument("--body-timeout", type=positive_float, default=30.0, help="seconds to send a body (30)")
+    conn.add_argument(
+        "--keep-alive-timeout", type=positive_float, default=5.0, help="idle seconds between requests (5)"
+    )
+    conn.add_argument("--max-header-bytes", type=positive_int, default=16 * 1024, help="request line + headers (16384)")
+    conn.add_argument("--max-connections", type=positive_int, default=1000, help="open connections (1000)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     add_engine_options(serve)
     serve.set_defaults(func=cmd_serve)

@@ -31,11 +31,13 @@ from .errors import (
 )
 from .events import EngineObserver
 from .executor import Executor, ThreadExecutor
+from .limits import DEFAULT_LIMITS, Limits
 from .models.base import Forecast, ModelBackend, ModelLoader, ModelSpec, PreparedRequest, batch_key, covariate_signature
 from .plugins import load_policy
 from .policy import Decision, Dispatch, Evict, Fail, Load, Policy, QueuedRequest, RunningBatch, SchedulerState, WakeAt
-from .pool import ModelPool, PoolEntry
+from .pool import LoadFailure, ModelPool, PoolEntry
 from .request import ForecastRequest, ForecastResult, Timings, prepare
+from .stopping import BatchStopped, StopSignal, watching
 
 logger = logging.getLogger("chronoserve.engine")
 
@@ -50,6 +52,8 @@ class _Pending:
     cold: bool
     """The model was not ready when the request arrived."""
     in_queue: bool = True
+    batch: int | None = None
+    """The id of the batch it was dispatched in."""
 
 
 def default_workers() -> int:
@@ -69,9 +73,18 @@ class _BatchOutcome:
 
 
 def _run_job(
-    clock: Clock, loader: ModelLoader, spec: ModelSpec, backend: ModelBackend | None, batch: list[PreparedRequest]
+    clock: Clock,
+    loader: ModelLoader,
+    spec: ModelSpec,
+    backend: ModelBackend | None,
+    batch: list[PreparedRequest],
+    signal: StopSignal,
 ) -> _BatchOutcome:
-    """The blocking part of a batch, run in a worker: load a private copy if asked (``naive``), predict."""
+    """The blocking part of a batch, run in a worker: load a private copy if asked (``naive``), predict.
+
+    ``signal`` is the thread's current stop signal meanwhile (see :mod:`chronoserve.stopping`).
+    """
+    signal.check()  # stopped while it waited for a worker: do not start
     load_seconds = 0.0
     private = backend is None
     if backend is None:
@@ -85,7 +98,8 @@ def _run_job(
         load_seconds = clock.now() - start
     try:
         start = clock.now()
-        forecasts = backend.predict(batch)
+        with watching(signal):
+            forecasts = backend.predict(batch)
         inference_seconds = clock.now() - start
     finally:
         if private:
@@ -111,6 +125,12 @@ class Engine:
     waiting (beyond it :class:`QueueFull` is raised at once). ``clock`` and the executors
     can be replaced for tests (see ``chronoserve.testing``). ``observers`` receive the
     engine's events (:class:`~chronoserve.events.EngineObserver`), for metrics.
+
+    ``limits`` (:class:`~chronoserve.limits.Limits`) bound what one request may cost, checked
+    before it is queued, and how long a batch may hold a worker. A model whose load fails is
+    not tried again for ``load_retry[0]`` seconds, doubling with each failure up to
+    ``load_retry[1]``; meanwhile its requests fail at once with
+    :class:`~chronoserve.errors.ModelLoadError` carrying ``retry_after``.
     """
 
     def __init__(
@@ -131,8 +151,14 @@ class Engine:
         load_executor: Executor | None = None,
         resolve_executor: Executor | None = None,
         observers: Sequence[EngineObserver] = (),
+        limits: Limits | None = None,
+        load_retry: tuple[float, float] = (1.0, 60.0),
     ) -> None:
         self.policy = load_policy(policy, policy_options)
+        self.limits = limits if limits is not None else DEFAULT_LIMITS
+        if not (0 < load_retry[0] <= load_retry[1]):
+            raise ValueError(f"load_retry must be (first wait, cap) with 0 < first <= cap, got {load_retry}")
+        self.load_retry = load_retry
         if loader is None:
             from .models.loader import ChronosLoader
 
@@ -158,6 +184,8 @@ class Engine:
         self._queues: dict[str, list[QueuedRequest]] = {}
         self._pending: dict[int, _Pending] = {}
         self._running: dict[int, RunningBatch] = {}
+        self._signals: dict[int, StopSignal] = {}
+        self._batch_members: dict[int, list[_Pending]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._seq = itertools.count()
         self._batch_ids = itertools.count()
@@ -217,6 +245,10 @@ class Engine:
             if pending.in_queue:
                 self._drop_queued(pending)
                 self._settle_error(pending, EngineClosed("the engine closed before this request ran"))
+        if drain and timeout is not None:
+            # Past the drain timeout: running batches stop at their model's next layer.
+            for signal in self._signals.values():
+                signal.stop(EngineClosed("the engine closed while this request ran (drain timeout)"))
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         self._closed = True
@@ -287,10 +319,12 @@ class Engine:
         if not self._accepting:
             raise EngineClosed("the engine is not running (use `async with Engine(...)` or `await engine.start()`)")
         try:
-            spec = self._specs.get(request.model)
+            name = self.loader.canonical(request.model)
+            spec = self._specs.get(name)
             if spec is None:
-                spec = await self._resolve(request.model)
-            prepared = prepare(request, spec)
+                spec = await self._resolve(name)
+            self._check_load_backoff(spec.name)
+            prepared = prepare(request, spec, self.limits)
             if self.max_queue is not None and self._queued >= self.max_queue:
                 self.counters["rejected_queue_full"] += 1
                 raise QueueFull(self.max_queue)
@@ -334,6 +368,28 @@ class Engine:
         if pending is not None and pending.in_queue:
             self._drop_queued(pending)
             self._poke()
+        elif pending is not None and pending.batch is not None:
+            # Running: if every request of its batch is gone, nobody waits for the batch.
+            members = self._batch_members.get(pending.batch, ())
+            signal = self._signals.get(pending.batch)
+            if signal is not None and all(m.future.done() for m in members):
+                signal.stop(EngineClosed("every request of the batch was cancelled"))
+
+    def _check_load_backoff(self, model: str) -> None:
+        failure = self._pool.failed.get(model)
+        if failure is None or model in self._pool:
+            return
+        wait = failure.retry_at - self._clock.now()
+        if wait > 0:
+            raise ModelLoadError(
+                model,
+                f"{failure.error} (failed {failure.failures} time(s) in a row; next try in {wait:.0f} s)",
+                retry_after=wait,
+            )
+
+    def load_failures(self) -> dict[str, LoadFailure]:
+        """Models whose last load failed (and have not loaded since), with when they are tried again."""
+        return dict(self._pool.failed)
 
     async def _resolve(self, name: str) -> ModelSpec:
         future = self._resolving.get(name)
@@ -512,10 +568,7 @@ class Engine:
         try:
             backend = await self._load_executor.run(partial(self.loader.load, spec))
         except Exception as exc:
-            self._pool.fail_load(spec.name)
-            error = exc if isinstance(exc, ChronoserveError) else ModelLoadError(spec.name, repr(exc))
-            logger.warning("loading %s failed: %s", spec.name, error)
-            self._notify("model_load_failed", spec.name, getattr(error, "reason", "error"))
+            error = self._load_failed(spec.name, exc)
             for pending in [p for p in self._pending.values() if p.in_queue and p.spec.name == spec.name]:
                 self._drop_queued(pending)
                 self._settle_error(pending, error)
@@ -524,6 +577,22 @@ class Engine:
             self._notify("model_loaded", spec.name, entry.load_seconds or 0.0, entry.nbytes)
         finally:
             self._poke()
+
+    def _load_failed(self, model: str, exc: BaseException) -> ChronoserveError:
+        """Record a failed load (its backoff) and return the error its requests get."""
+        message = exc.message if isinstance(exc, ModelLoadError) else str(exc) or repr(exc)
+        failure = self._pool.fail_load(model, message, self._clock.now(), *self.load_retry)
+        wait = failure.retry_at - failure.failed_at
+        if isinstance(exc, ModelLoadError) or not isinstance(exc, ChronoserveError):
+            error: ChronoserveError = ModelLoadError(model, message, retry_after=wait)
+            error.__cause__ = exc
+        else:
+            error = exc
+        logger.warning(
+            "loading %s failed (%d in a row; next try in %.0f s): %s", model, failure.failures, wait, message
+        )
+        self._notify("model_load_failed", model, error.reason)
+        return error
 
     def _evict(self, model: str) -> None:
         entry = self._pool.get(model)
@@ -576,14 +645,22 @@ class Engine:
         if entry is not None and not decision.ephemeral:
             entry.running += 1
         batch_id = next(self._batch_ids)
+        for p in members:
+            p.batch = batch_id
         self._running[batch_id] = RunningBatch(decision.model, n, now, decision.ephemeral)
+        bound = self.limits.max_inference_seconds
+        signal = StopSignal(self._clock, None if bound is None else now + bound, bound)
+        self._signals[batch_id] = signal
+        self._batch_members[batch_id] = members
         self.counters["batches"] += 1
         self.counters["batched_requests"] += n
         resident = None if decision.ephemeral else entry
         backend = resident.backend if resident is not None else None
         prepared = [p.prepared for p in members]
         # Hand the work to a worker now, not in the first step of a new task.
-        job = self._executor.submit(partial(_run_job, self._clock, self.loader, members[0].spec, backend, prepared))
+        job = self._executor.submit(
+            partial(_run_job, self._clock, self.loader, members[0].spec, backend, prepared, signal)
+        )
         self._spawn(self._run_batch(batch_id, members, resident, now, job))
 
     async def _run_batch(
@@ -598,10 +675,15 @@ class Engine:
         try:
             outcome = await job
         except Exception as exc:
-            error = (
-                exc if isinstance(exc, ChronoserveError) else InferenceError(f"batch on {spec.name} failed: {exc!r}")
-            )
-            if error is not exc:
+            if isinstance(exc, BatchStopped):
+                error: ChronoserveError = exc.error
+                logger.warning("batch of %d on %s stopped: %s", len(members), spec.name, error)
+            elif entry is None and isinstance(exc, ModelLoadError):  # naive's private load
+                error = self._load_failed(spec.name, exc)
+            elif isinstance(exc, ChronoserveError):
+                error = exc
+            else:
+                error = InferenceError(f"batch on {spec.name} failed: {exc!r}")
                 error.__cause__ = exc
             self._notify("batch_finished", spec.name, len(members), 0.0, False)
             for pending in members:
@@ -616,6 +698,8 @@ class Engine:
         finally:
             self._free += 1
             self._running.pop(batch_id, None)
+            self._signals.pop(batch_id, None)
+            self._batch_members.pop(batch_id, None)
             if entry is not None:
                 entry.running -= 1
                 entry.last_used = self._clock.now()

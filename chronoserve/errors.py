@@ -24,6 +24,12 @@ class InvalidRequest(ChronoserveError, ValueError):
         self.message = message
 
 
+class TooCostly(InvalidRequest):
+    """The request's estimated cost is over the engine's per-request budget."""
+
+    reason = "too_costly"
+
+
 class UnknownModel(InvalidRequest):
     """The model name is neither in the catalog, nor a local checkpoint, nor allowed."""
 
@@ -39,15 +45,24 @@ class ModelLoadError(ChronoserveError):
 
     reason = "model_load_failed"
 
-    def __init__(self, model: str, message: str) -> None:
+    def __init__(self, model: str, message: str, retry_after: float | None = None) -> None:
         super().__init__(f"could not load model {model!r}: {message}")
         self.model = model
+        self.message = message
+        self.retry_after = retry_after
+        """Seconds until the engine tries this model's load again (None: at the next request)."""
 
 
 class InferenceError(ChronoserveError):
     """The batch this request ran in raised; ``__cause__`` holds the original exception."""
 
     reason = "inference_failed"
+
+
+class InferenceTimeout(ChronoserveError):
+    """The batch this request ran in was stopped: it ran past the engine's ``max_inference_seconds``."""
+
+    reason = "inference_timeout"
 
 
 class QueueFull(ChronoserveError):

@@ -29,6 +29,21 @@ class PoolEntry:
 
 
 @dataclass(frozen=True)
+class LoadFailure:
+    """A model whose last load failed: the engine refuses its requests until ``retry_at``.
+
+    ``failures`` counts consecutive failures; the wait doubles with each (capped), and a
+    successful load forgets them.
+    """
+
+    model: str
+    error: str
+    failures: int
+    failed_at: float
+    retry_at: float
+
+
+@dataclass(frozen=True)
 class LoadRecord:
     """A finished load, kept to tell requests that waited for it how long they waited."""
 
@@ -43,6 +58,7 @@ class ModelPool:
     def __init__(self) -> None:
         self.entries: dict[str, PoolEntry] = {}
         self.last_load: dict[str, LoadRecord] = {}
+        self.failed: dict[str, LoadFailure] = {}
         self.loads = 0
         self.evictions = 0
         self.load_failures = 0
@@ -67,11 +83,19 @@ class ModelPool:
         entry.last_used = now
         self.loads += 1
         self.last_load[name] = LoadRecord(name, entry.load_started, now)
+        self.failed.pop(name, None)
         return entry
 
-    def fail_load(self, name: str) -> None:
+    def fail_load(self, name: str, error: str, now: float, backoff: float, cap: float) -> LoadFailure:
+        """Record a failed load; the next try waits ``backoff * 2**(failures - 1)``, at most ``cap``."""
         self.entries.pop(name, None)
         self.load_failures += 1
+        previous = self.failed.get(name)
+        failures = 1 if previous is None else previous.failures + 1
+        wait = min(cap, backoff * 2.0 ** min(failures - 1, 30))
+        failure = LoadFailure(name, error, failures, now, now + wait)
+        self.failed[name] = failure
+        return failure
 
     def remove(self, name: str) -> PoolEntry:
         self.evictions += 1

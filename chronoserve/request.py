@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidRequest
+from .limits import DEFAULT_LIMITS, MAX_QUANTILE_LEVELS, MAX_SEED, MAX_SERIES_POINTS, Limits, check_cost
 from .models.base import FloatArray, ModelSpec, PreparedRequest
 
 DEFAULT_QUANTILES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -108,12 +109,17 @@ MAX_ABS_VALUE = 1e15
 
 
 def _as_series(field_name: str, values: object) -> FloatArray:
+    size = len(values) if isinstance(values, (Sequence, np.ndarray)) else None
+    if size is not None and size > MAX_SERIES_POINTS:
+        raise InvalidRequest(field_name, f"has {size} points; the limit is {MAX_SERIES_POINTS}")
     try:
         wide = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise InvalidRequest(field_name, f"must be a sequence of numbers ({exc})") from None
     if wide.ndim != 1:
         raise InvalidRequest(field_name, f"must be one-dimensional, got shape {wide.shape}")
+    if wide.size > MAX_SERIES_POINTS:
+        raise InvalidRequest(field_name, f"has {wide.size} points; the limit is {MAX_SERIES_POINTS}")
     if np.isinf(wide).any():
         raise InvalidRequest(field_name, "contains infinite values (use NaN for gaps)")
     if (np.abs(wide) > MAX_ABS_VALUE).any():  # NaN compares False
@@ -121,15 +127,22 @@ def _as_series(field_name: str, values: object) -> FloatArray:
     return wide.astype(np.float32)
 
 
-def _check_int(field_name: str, value: object, minimum: int) -> int:
+def _check_int(field_name: str, value: object, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise InvalidRequest(field_name, f"must be an integer, got {value!r}")
+        raise InvalidRequest(field_name, f"must be an integer, got {type(value).__name__}")
     if value < minimum:
         raise InvalidRequest(field_name, f"must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise InvalidRequest(field_name, f"must be at most {maximum}, got {value}")
     return int(value)
 
 
 def _check_levels(levels: Sequence[float]) -> tuple[float, ...]:
+    given: object = levels
+    if not isinstance(given, (Sequence, np.ndarray)) or isinstance(given, str):
+        raise InvalidRequest("quantile_levels", "must be a list of numbers")
+    if len(levels) > MAX_QUANTILE_LEVELS:
+        raise InvalidRequest("quantile_levels", f"{len(levels)} levels; the limit is {MAX_QUANTILE_LEVELS}")
     try:
         return _checked_levels(tuple(levels))
     except TypeError:  # unhashable members
@@ -152,9 +165,12 @@ def _checked_levels(levels: tuple[float, ...]) -> tuple[float, ...]:
     return out
 
 
-def prepare(request: ForecastRequest, spec: ModelSpec) -> PreparedRequest:
-    """Validate ``request`` against ``spec`` and cut it to what the model reads.
+def prepare(request: ForecastRequest, spec: ModelSpec, limits: Limits = DEFAULT_LIMITS) -> PreparedRequest:
+    """Validate ``request`` against ``spec`` and ``limits`` and cut it to what the model reads.
 
+    Every bound is checked before the work it bounds: the horizon against the model before
+    anything, the series' lengths before they are converted, the covariates' number and the
+    estimated cost (:func:`~chronoserve.limits.check_cost`) before any covariate is converted.
     Raises :class:`InvalidRequest` naming the field at fault.
     """
     horizon = _check_int("horizon", request.horizon, 1)
@@ -180,8 +196,15 @@ def prepare(request: ForecastRequest, spec: ModelSpec) -> PreparedRequest:
     if np.isnan(context).all():
         raise InvalidRequest("target", f"the last {n} points have no observed value (all NaN)")
     levels = _check_levels(request.quantile_levels)
-    past, future = _prepare_covariates(request, spec, target.size, n, horizon)
-    seed = _check_int("seed", request.seed, 0)
+    seed = _check_int("seed", request.seed, 0, MAX_SEED)
+    covariates = _count_covariates(request)
+    if covariates and not spec.supports_covariates:
+        field_name = "past_covariates" if request.past_covariates else "future_covariates"
+        raise InvalidRequest(
+            field_name, f"{spec.name} ({spec.family}) cannot use covariates; only Chronos-2 models can"
+        )
+    check_cost(spec, limits, context=n, horizon=horizon, covariates=covariates)
+    past, future = _prepare_covariates(request, target.size, n, horizon)
     return PreparedRequest(
         context=np.ascontiguousarray(context),
         horizon=horizon,
@@ -192,17 +215,25 @@ def prepare(request: ForecastRequest, spec: ModelSpec) -> PreparedRequest:
     )
 
 
+def _count_covariates(request: ForecastRequest) -> int:
+    """How many covariates (names) the request sends, past and known-future counted once each."""
+    names: set[object] = set()
+    for field_name in ("past_covariates", "future_covariates"):
+        values = getattr(request, field_name)
+        if values is None:
+            continue
+        if not isinstance(values, Mapping):
+            raise InvalidRequest(field_name, "must be a mapping from covariate names to series")
+        names.update(values)
+    return len(names)
+
+
 def _prepare_covariates(
-    request: ForecastRequest, spec: ModelSpec, target_len: int, n: int, horizon: int
+    request: ForecastRequest, target_len: int, n: int, horizon: int
 ) -> tuple[dict[str, FloatArray] | None, dict[str, FloatArray] | None]:
     past_in, future_in = request.past_covariates, request.future_covariates
     if not past_in and not future_in:
         return None, None
-    if not spec.supports_covariates:
-        field_name = "past_covariates" if past_in else "future_covariates"
-        raise InvalidRequest(
-            field_name, f"{spec.name} ({spec.family}) cannot use covariates; only Chronos-2 models can"
-        )
     past: dict[str, FloatArray] = {}
     for name, values in (past_in or {}).items():
         arr = _as_series(f"past_covariates.{name}", values)

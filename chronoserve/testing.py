@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from .errors import ModelLoadError, UnknownModel
 from .executor import InlineExecutor
 from .models.base import Forecast, ModelBackend, ModelLoader, ModelSpec, PreparedRequest
 from .policy import ModelState, Policy, QueuedRequest, RunningBatch, SchedulerState
+from .stopping import checkpoint
 
 __all__ = [
     "FakeClock",
@@ -144,18 +146,33 @@ class FakeModel(ModelBackend):
 
     ``batches`` records each batch it ran; ``fail`` makes ``predict`` raise; ``predict_seconds``
     makes every batch take that long (sleeping: use it with the real thread executor only).
+    ``hang`` makes every batch run until it is stopped (it calls
+    :func:`~chronoserve.stopping.checkpoint` every few milliseconds, as a real model does every
+    layer; the real thread executor only); ``started`` is set once a batch runs.
     """
 
-    def __init__(self, spec: ModelSpec, fail: bool = False, predict_seconds: float = 0.0) -> None:
+    #: How long a hanging batch runs if nothing stops it: a test that forgot to stop it fails.
+    HANG_LIMIT = 60.0
+
+    def __init__(self, spec: ModelSpec, fail: bool = False, predict_seconds: float = 0.0, hang: bool = False) -> None:
         self.spec = spec
         self.nbytes = spec.est_nbytes
         self.fail = fail
         self.predict_seconds = predict_seconds
+        self.hang = hang
+        self.started = threading.Event()
         self.batches: list[list[PreparedRequest]] = []
         self.closed = False
 
     def predict(self, batch: Sequence[PreparedRequest]) -> list[Forecast]:
         self.batches.append(list(batch))
+        self.started.set()
+        if self.hang:
+            end = time.monotonic() + self.HANG_LIMIT
+            while time.monotonic() < end:
+                checkpoint()
+                time.sleep(0.002)
+            raise RuntimeError(f"{self.spec.name} ran {self.HANG_LIMIT:g} s without being stopped")
         if self.predict_seconds:
             time.sleep(self.predict_seconds)  # a worker thread's time, as a real model would take
         if self.fail:
@@ -178,12 +195,13 @@ class FakeLoader(ModelLoader):
     """Serves :class:`FakeModel` for the names in ``specs``; counts loads per model.
 
     ``fail_load`` names models whose load raises; ``fail_predict`` models whose batches raise;
-    ``predict_seconds`` is how long every batch takes.
+    ``hang`` models whose batches run until stopped; ``predict_seconds`` is how long every batch takes.
     """
 
     specs: Mapping[str, ModelSpec] = field(default_factory=lambda: {"fake": fake_spec("fake")})
     fail_load: set[str] = field(default_factory=set)
     fail_predict: set[str] = field(default_factory=set)
+    hang: set[str] = field(default_factory=set)
     predict_seconds: float = 0.0
     loads: dict[str, int] = field(default_factory=dict)
     instances: list[FakeModel] = field(default_factory=list)
@@ -201,7 +219,9 @@ class FakeLoader(ModelLoader):
         self.loads[spec.name] = self.loads.get(spec.name, 0) + 1
         if spec.name in self.fail_load:
             raise ModelLoadError(spec.name, "told to fail")
-        model = FakeModel(spec, fail=spec.name in self.fail_predict, predict_seconds=self.predict_seconds)
+        model = FakeModel(
+            spec, fail=spec.name in self.fail_predict, predict_seconds=self.predict_seconds, hang=spec.name in self.hang
+        )
         self.instances.append(model)
         return model
 

@@ -27,11 +27,13 @@ import numpy as np
 import pytest
 
 from chronoserve import errors
+from chronoserve.errors import EngineClosed
 from chronoserve.models import ChronosLoader, ModelBackend, PreparedRequest, is_materialized, materialize
 from chronoserve.models import _cli as models_cli
 from chronoserve.models.base import CHRONOS_2, CHRONOS_BOLT, CHRONOS_T5, interpolate_quantiles
 from chronoserve.models.catalog import BOLT_QUANTILES as BOLT_LEVELS
 from chronoserve.models.catalog import CatalogEntry
+from chronoserve.stopping import BatchStopped, watching
 
 pytestmark = pytest.mark.torch
 torch = pytest.importorskip("torch")
@@ -598,3 +600,40 @@ def test_seeded_sampler_returns_minus_inf_except_at_the_draw() -> None:
     top3 = torch.topk(scores, 3).indices
     for row in range(2):
         assert int(out[row].argmax()) in top3[row].tolist()
+
+
+# -- stopping mid-batch -------------------------------------------------------------------------
+
+
+class CountingSignal:
+    """Stands in for the engine's StopSignal: counts checkpoints, stops after ``stop_after``."""
+
+    def __init__(self, stop_after: int | None) -> None:
+        self.calls = 0
+        self.stop_after = stop_after
+
+    def check(self) -> None:
+        self.calls += 1
+        if self.stop_after is not None and self.calls > self.stop_after:
+            raise BatchStopped(EngineClosed("told to stop"))
+
+
+@pytest.mark.parametrize("name", ["bolt", "c2", "t5"])
+def test_every_backend_checks_for_a_stop_at_every_layer_and_stops_mid_pass(
+    name: str, request: pytest.FixtureRequest
+) -> None:
+    backend = request.getfixturevalue(name)
+    assert isinstance(backend, backends.TorchBackend)
+    assert backend.checkpoints >= 2
+    batch = [PreparedRequest(series(64, seed=i), 8, LEVELS) for i in range(3)]
+    plain = backend.predict(batch)
+    counting = CountingSignal(None)
+    with watching(counting):  # type: ignore[arg-type]
+        watched = backend.predict(batch)
+    assert counting.calls >= backend.checkpoints  # at least one pass through every layer
+    for a, b in zip(plain, watched, strict=True):  # the hooks compute nothing
+        np.testing.assert_array_equal(a.quantiles, b.quantiles)
+    stopping = CountingSignal(1)
+    with watching(stopping), pytest.raises(BatchStopped, match="told to stop"):  # type: ignore[arg-type]
+        backend.predict(batch)
+    assert stopping.calls == 2  # stopped at the second layer, not at the end of the batch

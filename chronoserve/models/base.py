@@ -130,6 +130,19 @@ class ModelBackend:
 class ModelLoader:
     """Turns model names into specs and specs into loaded backends. Both calls block."""
 
+    def canonical(self, name: object) -> str:
+        """The one name of the model ``name`` means, the same for every spelling of it.
+
+        The engine keys its specs, pool and metrics by it, and the server's allow-list
+        compares it, so two spellings never load two copies or make two metric labels. This
+        default refuses what cannot be a name (not a string, empty, too long, control
+        characters; :class:`~chronoserve.errors.InvalidRequest` on ``model``) and strips
+        surrounding white space. Cheap and without I/O: it runs on the event loop.
+        """
+        from chronoserve.limits import check_model_name
+
+        return check_model_name(name)
+
     def resolve(self, name: str) -> ModelSpec:
         """Describe ``name`` without loading weights (raises :class:`~chronoserve.errors.UnknownModel`)."""
         raise NotImplementedError

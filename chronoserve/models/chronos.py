@@ -21,6 +21,11 @@ Each backend feeds tensors straight to the pipeline's inner model (no DataFrames
   logit across a CDF boundary, which float32 rounding makes vanishingly rare.
 
 Nothing process-global (threads, RNG, grad mode) is changed by ``predict``.
+
+Every backend can be stopped mid-batch: a forward pre-hook on each layer of the model calls
+:func:`chronoserve.stopping.checkpoint`, which raises once the engine has told the batch to
+stop (its clients left, it ran past ``max_inference_seconds``, or the engine closed). The hooks
+compute nothing, so answers are unchanged.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from chronoserve.models.base import (
     PreparedRequest,
     interpolate_quantiles,
 )
+from chronoserve.stopping import checkpoint
 
 #: The most rows (series, including Chronos-2's covariate rows and T5's samples) per forward pass.
 MAX_ROWS = 256
@@ -65,6 +71,7 @@ class TorchBackend(ModelBackend):
         self.device = self.model.device
         self.nbytes = _module_nbytes(self.model)
         self.context_length = int(pipeline.model_context_length)
+        self.checkpoints = install_checkpoints(self.model)
 
     def close(self) -> None:
         self.pipeline = None
@@ -449,6 +456,29 @@ def _sample_forecast(samples: torch.Tensor, levels: Sequence[float]) -> Forecast
     )
 
 
+def _checkpoint_hook(module: Any, args: Any) -> None:
+    checkpoint()
+
+
+def install_checkpoints(model: Any) -> int:
+    """Register :func:`~chronoserve.stopping.checkpoint` before every layer of ``model``.
+
+    Layers are the members of its outermost ``ModuleList``s (the encoder's and decoder's
+    blocks); lists nested inside a hooked layer are left alone, so a pass costs one Python
+    call per block. Returns the number of hooks.
+    """
+    hooked: set[int] = set()
+    count = 0
+    for module in model.modules():
+        if id(module) in hooked or not isinstance(module, torch.nn.ModuleList):
+            continue
+        for layer in module:
+            layer.register_forward_pre_hook(_checkpoint_hook)
+            hooked.update(id(m) for m in layer.modules())
+            count += 1
+    return count
+
+
 def _module_nbytes(module: Any) -> int:
     params = sum(p.numel() * p.element_size() for p in module.parameters())
     buffers = sum(b.numel() * b.element_size() for b in module.buffers())
@@ -481,6 +511,7 @@ __all__ = [
     "SeededSampler",
     "T5Backend",
     "TorchBackend",
+    "install_checkpoints",
     "inverse_cdf",
     "left_pad",
     "splitmix64",

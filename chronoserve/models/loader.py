@@ -81,6 +81,21 @@ class ChronosLoader(ModelLoader):
         self.allow_random = allow_random
         self.torch_threads = torch_threads
 
+    # -- names ---------------------------------------------------------------------------------
+
+    def canonical(self, name: object) -> str:
+        """Catalog entries by one spelling: ``random/<short name>`` for random weights (and the
+        test-only entries), the short name for published and shipped ones (so ``amazon/chronos-2``
+        is ``chronos-2``); other names with ``.``/``..`` and doubled slashes normalised."""
+        key = super().canonical(name)
+        entry = find_entry(key)
+        random = key.startswith(RANDOM_PREFIX)
+        if entry is not None:
+            return f"{RANDOM_PREFIX}{entry.name}" if random or entry.test_only else entry.name
+        if random:
+            return key
+        return os.path.normpath(key)
+
     # -- resolve -------------------------------------------------------------------------------
 
     def resolve(self, name: str) -> ModelSpec:

@@ -36,6 +36,7 @@ from chronoserve.errors import (
     Rejected,
     UnknownModel,
 )
+from chronoserve.limits import DEFAULT_LIMITS, Limits
 from chronoserve.models.base import ModelLoader
 from chronoserve.models.catalog import CATALOG, find_entry
 
@@ -67,6 +68,32 @@ class ServerSettings:
     drain_timeout: float = 30.0
     device: str = "cpu"
     dtype: str = "float32"
+    # -- what one request may ask for (checked before any work; see chronoserve.limits) --------
+    max_covariates: int = DEFAULT_LIMITS.max_covariates
+    """Covariates (past and known-future, counted once per name) one request may send."""
+    max_request_gflop: float | None = DEFAULT_LIMITS.max_request_gflop
+    """The estimated cost above which a request is refused (422 ``too_costly``); None: no budget."""
+    max_inference_seconds: float | None = DEFAULT_LIMITS.max_inference_seconds
+    """The longest a batch may hold a worker; past it the batch is stopped (504). None: no bound."""
+    # -- connections (see chronoserve.server.protocol) ------------------------------------------
+    header_timeout: float = 10.0
+    """Seconds a connection has to send a request's headers, from its first byte (or from
+    opening, for a new connection); then 408 and the connection is closed."""
+    body_timeout: float = 30.0
+    """Seconds a request has to send its whole body once its headers are in; then 408."""
+    keep_alive_timeout: float = 5.0
+    """Seconds an idle keep-alive connection stays open between requests."""
+    max_header_bytes: int = 16 * 1024
+    """The largest request line plus headers; larger gets 431 and the connection is closed."""
+    max_connections: int = 1000
+    """Open connections beyond this are answered 503 with ``Retry-After`` and closed."""
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_covariates=self.max_covariates,
+            max_request_gflop=self.max_request_gflop,
+            max_inference_seconds=self.max_inference_seconds,
+        )
 
 
 class ORJSONResponse(Response):
