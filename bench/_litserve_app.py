@@ -100,7 +100,7 @@ class ChronosLitAPI(ls.LitAPI):  # type: ignore[misc]
 
         # A bad request must not fail the whole LitServe batch: it becomes an item with its 422.
         try:
-            item = ForecastIn.model_validate(request)
+            item = ForecastIn.model_validate(request, strict=False)  # decoded by LitServe: dates are strings
         except ValidationError as exc:
             first = exc.errors(include_url=False)[0]
             return _Item(error={"loc": ["body", *first["loc"]], "msg": first["msg"], "type": first["type"]})
@@ -108,7 +108,7 @@ class ChronosLitAPI(ls.LitAPI):  # type: ignore[misc]
             msg = f"model {item.model_name!r} is not served here ({', '.join(self.models)})"
             return _Item(error={"loc": ["body", "model_name"], "msg": msg, "type": "unknown_model"})
         try:
-            prepared = build_request(item, self.store)
+            prepared = build_request(item, self.store, item.model_name)
             spec = self.specs[item.model_name]
             return _Item(prepared, prepare(prepared.request, spec), item.model_name)
         except InvalidRequest as exc:

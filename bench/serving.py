@@ -157,9 +157,9 @@ def raw_loop(
     store = SeriesStore.embedded()
     groups: dict[tuple[str, Any], list[Any]] = {}
     for r in requests:  # set-up, before the clock: what the server does before queueing
-        item = ForecastIn.model_validate(r.to_http_body())
+        item = ForecastIn.model_validate(r.to_http_body(), strict=False)
         spec, _ = models.get(item.model_name)
-        p = prepare(build_request(item, store).request, spec)
+        p = prepare(build_request(item, store, item.model_name).request, spec)
         key = batch_key(spec, p.horizon, covariate_signature(p.past_covariates, p.future_covariates))
         groups.setdefault((spec.name, key), []).append(p)
     jobs = [

@@ -319,7 +319,7 @@ class Engine:
         if not self._accepting:
             raise EngineClosed("the engine is not running (use `async with Engine(...)` or `await engine.start()`)")
         try:
-            name = self.loader.canonical(request.model)
+            name = self.canonical(request.model)
             spec = self._specs.get(name)
             if spec is None:
                 spec = await self._resolve(name)
@@ -427,8 +427,20 @@ class Engine:
         """Resident and loading models (read-only view of the pool)."""
         return dict(self._pool.entries)
 
+    def canonical(self, name: object) -> str:
+        """The one name the engine knows ``name``'s model by (:meth:`ModelLoader.canonical`).
+
+        Raises :class:`~chronoserve.errors.InvalidRequest` on ``model`` for what cannot be a name.
+        """
+        return self.loader.canonical(name)
+
     def spec(self, name: str) -> ModelSpec | None:
-        return self._specs.get(name)
+        """The spec of a model requests have named (by any spelling), or None."""
+        spec = self._specs.get(name)
+        if spec is None:
+            with contextlib.suppress(ChronoserveError):
+                spec = self._specs.get(self.canonical(name))
+        return spec
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -225,7 +225,7 @@ def test_forecast_body_sends_nan_as_null_and_refuses_what_json_cannot_say():
             "past_covariates.t",
             "must match",
         ),
-        ({"horizon_hours": 4}, None, "exactly one of"),
+        ({"horizon_hours": 4}, "city", "exactly one of"),
     ],
 )
 async def test_invalid_requests_raise_naming_the_field(kwargs, field, message):

@@ -60,7 +60,8 @@ async def test_forecast_from_a_known_city():
     assert body.series == "dongsi"
     assert len(body.median) == 6
     assert len(body.timestamps) == 6
-    assert body.timestamps[0].isoformat() == "2017-01-01T00:00:00"  # the hour after the last reading
+    assert body.timestamps[0] == "2017-01-01T00:00:00"  # the hour after the last reading
+    assert body.timestamps[-1] == "2017-01-01T05:00:00"
     assert body.model.name == FAKE and body.model.random_weights is True
     assert set(body.quantiles) == {"0.1", "0.5", "0.9"}
     assert body.context_used == 512
@@ -171,8 +172,11 @@ async def test_batch_endpoint_answers_each_item_with_its_own_status():
         ({"city": "dongsi", "quantile_levels": [0.5, 1.5]}, "quantile_levels", "between 0 and 1"),
         ({"city": "dongsi", "horizon_hours": "soon"}, "horizon_hours", "integer"),
         ({"city": "dongsi", "colour": "red"}, "colour", "Extra inputs"),
-        ({"horizon_hours": 4}, None, "exactly one of"),
-        ({"city": "dongsi", "target": [1.0]}, None, "exactly one of"),
+        ({"horizon_hours": 4}, "city", "exactly one of"),
+        ({"city": "dongsi", "target": [1.0]}, "target", "exclude each other"),
+        ({"city": "dongsi", "start": "2016-01-01T00:00:00"}, "start", "goes with an inline `target`"),
+        ({"target": [1.0], "use_covariates": True}, "use_covariates", "goes with `city`"),
+        ({"city": "dongsi", "known_future_covariates": True}, "known_future_covariates", "needs `use_covariates`"),
         ({"city": "dongsi", "end": "1999-01-01T00:00:00"}, "end", ""),
     ],
 )
@@ -186,13 +190,13 @@ async def test_invalid_requests_get_422_naming_the_field(body, field, message):
     assert message in detail["msg"]
 
 
-async def test_not_json_and_too_large_bodies_get_422():
+async def test_not_json_gets_422_and_too_large_bodies_413():
     async with client_for(ServerSettings(default_model=FAKE, max_body_bytes=1000)) as client:
         r = await client.post("/forecast", content=b"{not json", headers={"content-type": "application/json"})
         assert r.status_code == 422
         assert r.json()["detail"][0]["type"] == "json_invalid"
         r = await client.post("/forecast", json={"target": [1.0] * 500, "horizon_hours": 2})
-        assert r.status_code == 422
+        assert r.status_code == 413
         assert r.json()["detail"][0]["type"] == "body_too_large"
         metrics = (await client.get("/metrics")).text
     assert 'chronoserve_rejected_requests_total{reason="body_too_large"} 1.0' in metrics

@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import InvalidRequest
+from ..limits import MAX_HORIZON as LIMITS_MAX_HORIZON
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -28,9 +29,9 @@ TARGET = "pm25"
 TIMESTAMP = "timestamp"
 #: The only frequency supported: one row per hour.
 FREQ = "h"
-#: A ceiling on ``horizon`` so that a silly request cannot allocate millions of timestamps;
-#: the model's own limit (checked later) is far lower.
-MAX_HORIZON = 100_000
+#: A ceiling on ``horizon`` (:data:`chronoserve.limits.MAX_HORIZON`) so that a silly request
+#: cannot allocate millions of values; the model's own limit (checked later) is far lower.
+MAX_HORIZON = LIMITS_MAX_HORIZON
 
 _HOUR = timedelta(hours=1)
 _MISSING = frozenset({"", "NA", "N/A", "na", "n/a", "null", "NULL"})
@@ -99,14 +100,21 @@ class Window:
     context_start: datetime
     context_end: datetime
     """First and last timestamp of the context; the forecast starts one hour after ``context_end``."""
-    forecast_timestamps: list[datetime]
+    horizon: int
     actual: FloatArray | None
     """The real target over the horizon (NaN where missing or past the end of the data); ``None`` when
     no hour of the horizon is in the data."""
 
     @property
-    def horizon(self) -> int:
-        return len(self.forecast_timestamps)
+    def forecast_start(self) -> datetime:
+        """The first forecast hour."""
+        return self.context_end + _HOUR
+
+    @property
+    def forecast_timestamps(self) -> list[datetime]:
+        """Every forecast hour (built on demand: a server builds them only for the answer it gives)."""
+        start = self.forecast_start
+        return [start + i * _HOUR for i in range(self.horizon)]
 
     @property
     def context_length(self) -> int:
@@ -503,6 +511,6 @@ class SeriesStore:
             future_covariates=future,
             context_start=end_dt - n * _HOUR,
             context_end=end_dt - _HOUR,
-            forecast_timestamps=[end_dt + i * _HOUR for i in range(h)],
+            horizon=h,
             actual=actual,
         )

@@ -6,7 +6,6 @@ reports are the same whichever target ran them.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -88,26 +87,23 @@ class InProcessTarget(Target):
             await self.engine.warm(name)
 
     async def send(self, request: Any) -> Outcome:
-        from chronoserve.server.app import HTTPError, error_for
-        from chronoserve.server.convert import build_request, result_body
-        from chronoserve.server.schemas import ForecastIn
+        import orjson
+
+        from chronoserve.server.errors import HTTPError
+        from chronoserve.server.handler import forecast_item
+        from chronoserve.server.schemas import DEFAULT_MODEL, ForecastIn
 
         assert self.engine is not None and self.store is not None, "call start() first"
-        try:
-            item = ForecastIn.model_validate(request.to_http_body())
+        try:  # the server's own parse: JSON bytes, strict types
+            item = ForecastIn.model_validate_json(orjson.dumps(request.to_http_body()))
         except ValidationError as exc:
             first = exc.errors(include_url=False)[0]
             return Outcome.failure(422, first["type"], f"{'.'.join(map(str, first['loc']))}: {first['msg']}")
         try:
-            prepared = build_request(item, self.store)
-            result = await self.engine.forecast(prepared.request)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            error: HTTPError = error_for(exc, item, [])
+            body = await forecast_item(self.engine, self.store, item, [], default_model=DEFAULT_MODEL)
+        except HTTPError as error:
             return _error_outcome(error.status, error.detail)
-        spec = self.engine.spec(result.model)
-        return Outcome(200, result_body(result, prepared, spec.family if spec else "unknown"))
+        return Outcome(200, body)
 
     async def close(self) -> None:
         if self.engine is not None:

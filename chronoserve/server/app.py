@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypedDict, TypeVar
@@ -27,20 +27,14 @@ from starlette.routing import Route
 from chronoserve import __version__
 from chronoserve.data import SeriesStore
 from chronoserve.engine import Engine
-from chronoserve.errors import (
-    ChronoserveError,
-    EngineClosed,
-    InvalidRequest,
-    ModelLoadError,
-    QueueFull,
-    Rejected,
-    UnknownModel,
-)
+from chronoserve.errors import ChronoserveError, ModelLoadError
 from chronoserve.limits import DEFAULT_LIMITS, Limits
 from chronoserve.models.base import ModelLoader
 from chronoserve.models.catalog import CATALOG, find_entry
 
-from .convert import Prepared, build_request, http_field, result_body
+from .body import ClientGone, read_body
+from .errors import HTTPError, validation_error
+from .handler import forecast_item
 from .metrics import ServerMetrics
 from .schemas import DEFAULT_MODEL, BatchIn, ForecastIn, openapi_document
 
@@ -103,23 +97,6 @@ class ORJSONResponse(Response):
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
 
 
-class HTTPError(Exception):
-    """An error answer: status, ``detail`` (a string or a list of ``{loc, msg, type}``), headers."""
-
-    def __init__(self, status: int, detail: Any, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.headers = dict(headers or {})
-
-    def body(self) -> dict[str, Any]:
-        return {"detail": self.detail}
-
-
-def _invalid(field_path: list[str | int], message: str, kind: str) -> HTTPError:
-    return HTTPError(422, [{"loc": ["body", *field_path], "msg": message, "type": kind}])
-
-
 @dataclass
 class ServerRuntime:
     """What the handlers share: settings, engine, series, metrics, and the server's state."""
@@ -132,18 +109,29 @@ class ServerRuntime:
     ready: bool = False
     draining: bool = False
     warmup_error: str | None = None
+    default_model: str = ""
+    """The canonical name of the default model (set when the engine starts)."""
+    extra_models: tuple[str, ...] = ()
+    """The canonical names of the operator's ``--models``."""
     loop: asyncio.AbstractEventLoop | None = None
+    drain_event: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when draining begins: requests still sending their body get 503 at once."""
     _drain_task: asyncio.Task[None] | None = None
 
     def allowed(self, name: str) -> bool:
-        """HTTP may name catalog models (``random/...``, short names, hub ids) and the operator's extras."""
-        return name in self.settings.models or name == self.settings.default_model or find_entry(name) is not None
+        """HTTP may name catalog models (``random/...``, short names, hub ids) and the operator's models.
+
+        ``name`` is canonical (:meth:`Engine.canonical`), so no spelling of a name gets past
+        this check that the pool and metrics would not see as the same model.
+        """
+        return name == self.default_model or name in self.extra_models or find_entry(name) is not None
 
     def begin_drain(self) -> None:
         """Stop accepting (readyz 503), run what is queued within the drain timeout, fail the rest with 503."""
         if self.draining:
             return
         self.draining = True
+        self.drain_event.set()
         logger.info("draining: finishing queued requests within %.0f s", self.settings.drain_timeout)
         if self.engine is not None:
             self._drain_task = asyncio.get_running_loop().create_task(
@@ -163,78 +151,15 @@ class State(TypedDict):
 # -- request handling -----------------------------------------------------------------------
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _invalid([], f"the body has {declared} bytes; the limit is {limit}", "body_too_large")
-    size = 0
-    chunks = []
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _invalid([], f"the body is over the limit of {limit} bytes", "body_too_large")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _validation_error(exc: ValidationError, prefix: list[str | int]) -> HTTPError:
-    details = []
-    for err in exc.errors(include_url=False):
-        loc = [*prefix, *err["loc"]]
-        details.append({"loc": ["body", *loc], "msg": err["msg"], "type": err["type"]})
-    return HTTPError(422, details)
-
-
-def error_for(exc: BaseException, item: ForecastIn, prefix: list[str | int]) -> HTTPError:
-    if isinstance(exc, InvalidRequest):
-        return _invalid([*prefix, http_field(exc.field, item)], exc.message, exc.reason)
-    if isinstance(exc, QueueFull):
-        return HTTPError(429, f"queue full ({exc.limit} requests waiting); retry later", {"Retry-After": "1"})
-    if isinstance(exc, EngineClosed):
-        return HTTPError(503, "the server is shutting down", {"Connection": "close"})
-    if isinstance(exc, ModelLoadError):
-        return HTTPError(503, str(exc), {"Retry-After": "5"})
-    if isinstance(exc, Rejected):
-        return HTTPError(503, str(exc))
-    if isinstance(exc, ChronoserveError):
-        return HTTPError(500, str(exc))
-    logger.exception("unexpected error", exc_info=exc)
-    return HTTPError(500, f"internal error: {type(exc).__name__}")
-
-
-def _prepare(runtime: ServerRuntime, item: ForecastIn, prefix: list[str | int]) -> Prepared:
-    if not runtime.allowed(item.model_name):
-        extras = ", ".join(runtime.settings.models) or "none"
-        raise _invalid(
-            [*prefix, "model_name"],
-            f"model {item.model_name!r} is not served here: use a catalog name (GET /models) "
-            f"or one the operator allowed at start-up ({extras})",
-            "unknown_model",
-        )
-    assert runtime.store is not None
-    return build_request(item, runtime.store)
-
-
 async def _forecast_one(runtime: ServerRuntime, item: ForecastIn, prefix: list[str | int]) -> dict[str, Any]:
     """Forecast one validated item; raises :class:`HTTPError` for every failure."""
-    if "model_name" not in item.model_fields_set:  # the request names no model: the server's default
-        item = item.model_copy(update={"model_name": runtime.settings.default_model})
     engine = runtime.engine
     if engine is None or runtime.draining:
         raise HTTPError(503, "the server is shutting down", {"Connection": "close"})
-    try:
-        prepared = _prepare(runtime, item, prefix)
-        result = await engine.forecast(prepared.request)
-    except HTTPError:
-        raise
-    except asyncio.CancelledError:
-        raise
-    except UnknownModel as exc:
-        raise _invalid([*prefix, "model_name"], exc.message, exc.reason) from None
-    except Exception as exc:
-        raise error_for(exc, item, prefix) from None
-    spec = engine.spec(result.model)
-    return result_body(result, prepared, spec.family if spec is not None else "unknown")
+    assert runtime.store is not None
+    return await forecast_item(
+        engine, runtime.store, item, prefix, default_model=runtime.default_model, allowed=runtime.allowed
+    )
 
 
 async def _until_disconnected(request: Request) -> None:
@@ -275,11 +200,11 @@ def _runtime(request: Request) -> ServerRuntime:
 def _json_error(runtime: ServerRuntime, route: str, error: HTTPError) -> ORJSONResponse:
     if runtime.metrics is not None:
         runtime.metrics.http.labels(route, str(error.status)).inc()
-        if error.status == 422:
-            # Every 422 is counted here, whichever layer found the problem (the engine's own
+        if error.status in (413, 415, 422):
+            # Every refused body is counted here, whichever layer found the problem (the engine's own
             # invalid-input events are not counted again: see ServerMetrics.request_rejected).
-            kind = error.detail[0].get("type", "") if isinstance(error.detail, list) and error.detail else ""
-            runtime.metrics.rejected.labels("body_too_large" if kind == "body_too_large" else "invalid_request").inc()
+            reason = {413: "body_too_large", 415: "unsupported_media_type"}.get(error.status, "invalid_request")
+            runtime.metrics.rejected.labels("too_costly" if error.kind == "too_costly" else reason).inc()
     return ORJSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
@@ -289,12 +214,34 @@ def _ok(runtime: ServerRuntime, route: str, body: Any) -> ORJSONResponse:
     return ORJSONResponse(body)
 
 
-async def _parse(request: Request, runtime: ServerRuntime) -> Any:
-    raw = await _read_body(request, runtime.settings.max_body_bytes)
+def _check_media_type(request: Request) -> None:
+    """Bodies are JSON: ``application/json`` or a ``+json`` type; no header at all is taken as JSON."""
+    declared = request.headers.get("content-type")
+    if declared is None:
+        return
+    media = declared.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+        raise HTTPError(
+            415,
+            [
+                {
+                    "loc": ["header", "content-type"],
+                    "msg": f"the body must be JSON (content-type: application/json), not {declared[:100]!r}",
+                    "type": "unsupported_media_type",
+                }
+            ],
+        )
+
+
+async def _parse(request: Request, runtime: ServerRuntime, schema: type[ModelT]) -> ModelT:
+    """Read the body (bounded in size and time) and validate it strictly: no coercion, finite numbers."""
+    _check_media_type(request)
+    s = runtime.settings
+    raw = await read_body(request, limit=s.max_body_bytes, timeout=s.body_timeout, draining=runtime.drain_event)
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise _invalid([], f"not valid JSON: {exc}", "json_invalid") from None
+        return schema.model_validate_json(raw)
+    except ValidationError as exc:
+        raise validation_error(exc, []) from None
 
 
 async def _post(
@@ -306,15 +253,11 @@ async def _post(
     """Read, parse and validate a JSON body, run ``work`` unless the client leaves, answer."""
     runtime = _runtime(request)
     try:
-        data = await _parse(request, runtime)
-        try:
-            parsed = schema.model_validate(data)
-        except ValidationError as exc:
-            raise _validation_error(exc, []) from None
+        parsed = await _parse(request, runtime, schema)
         body = await _unless_disconnected(request, work(runtime, parsed))
     except HTTPError as error:
         return _json_error(runtime, route, error)
-    except _ClientGone:
+    except (_ClientGone, ClientGone):
         return Response(status_code=499)
     return _ok(runtime, route, body)
 
@@ -377,9 +320,10 @@ async def models(request: Request) -> Response:
         for e in CATALOG.values()
     ]
     body = {
-        "default": runtime.settings.default_model,
-        "allowed_extra": list(runtime.settings.models),
+        "default": runtime.default_model,
+        "allowed_extra": list(runtime.extra_models),
         "resident": resident,
+        "failed": _failures(runtime),
         "catalog": catalog,
         "note": "random/NAME models have the published architecture and random weights: "
         "their timings are real, their forecasts are not. chronos-2-pm25 (trained_here) is a small "
@@ -398,16 +342,39 @@ async def healthz(request: Request) -> Response:
     return ORJSONResponse({"status": "alive"})
 
 
+def _failures(runtime: ServerRuntime, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Models whose last load failed (of ``names``, or all): the error and when it is tried again."""
+    engine = runtime.engine
+    if engine is None:
+        return []
+    now = engine.clock.now()
+    return [
+        {
+            "name": f.model,
+            "error": f.error,
+            "failures": f.failures,
+            "retry_in_seconds": round(max(0.0, f.retry_at - now), 3),
+        }
+        for f in sorted(engine.load_failures().values(), key=lambda f: f.model)
+        if names is None or f.model in names
+    ]
+
+
 async def readyz(request: Request) -> Response:
+    """200 once the default model serves (extras that failed are listed); 503 while warming or draining."""
     runtime = _runtime(request)
     if runtime.draining:
         return ORJSONResponse({"status": "draining"}, status_code=503)
+    failed = _failures(runtime, (runtime.default_model, *runtime.extra_models))
     if not runtime.ready:
-        status = {"status": "warming_up"}
+        state = "warming_up" if runtime.warmup_error is None else "default_model_failed"
+        status: dict[str, Any] = {"status": state}
         if runtime.warmup_error:
             status["error"] = runtime.warmup_error
+        if failed:
+            status["failed_models"] = failed
         return ORJSONResponse(status, status_code=503)
-    return ORJSONResponse({"status": "ready"})
+    return ORJSONResponse({"status": "ready", "default": runtime.default_model, "failed_models": failed})
 
 
 async def metrics(request: Request) -> Response:
@@ -440,18 +407,40 @@ async def docs(request: Request) -> Response:
 
 
 async def _warm_up(runtime: ServerRuntime) -> None:
-    """Run one tiny forecast per model to serve, so imports and loads happen before ready."""
-    assert runtime.engine is not None
-    names = list(dict.fromkeys([runtime.settings.default_model, *runtime.settings.models]))
-    for name in names:
+    """Load the default model (retrying with the engine's backoff until it loads), then the extras.
+
+    The server is ready once the default model serves: an operator's extra model that fails
+    to load is listed in ``/readyz`` and ``/models`` and retried at its next request after its
+    backoff, but never keeps the server from serving the others.
+    """
+    engine = runtime.engine
+    assert engine is not None
+    default = runtime.default_model
+    while True:
         try:
-            await runtime.engine.warm(name)
-        except ChronoserveError as exc:
-            runtime.warmup_error = f"{name}: {exc}"
-            logger.error("warm-up of %s failed: %s", name, exc)
+            await engine.warm(default)
+            break
+        except ModelLoadError as exc:
+            wait = exc.retry_after if exc.retry_after is not None else engine.load_retry[0]
+            runtime.warmup_error = f"{default}: {exc}"
+            logger.error("the default model %s failed to load (next try in %.0f s): %s", default, wait, exc.message)
+            await asyncio.sleep(wait)
+        except ChronoserveError as exc:  # not a model at all: no retry can help
+            runtime.warmup_error = f"{default}: {exc}"
+            logger.error("the default model %s cannot be served: %s", default, exc)
             return
     runtime.ready = True
-    logger.info("ready: %s", ", ".join(names))
+    runtime.warmup_error = None
+    logger.info("ready: %s", default)
+    for name in runtime.extra_models:
+        if name == default:
+            continue
+        try:
+            await engine.warm(name)
+        except ChronoserveError as exc:
+            logger.error("model %s failed to load; serving the others: %s", name, exc)
+        else:
+            logger.info("loaded: %s", name)
 
 
 def create_app(
@@ -471,6 +460,7 @@ def create_app(
         if runtime.store is None:
             runtime.store = SeriesStore.from_dir(s.data) if s.data else SeriesStore.embedded()
         runtime.metrics = ServerMetrics(lambda: runtime.engine)
+        runtime.drain_event = asyncio.Event()
         runtime.engine = Engine(
             s.policy,
             policy_options=s.policy_options,
@@ -481,8 +471,11 @@ def create_app(
             device=s.device,
             dtype=s.dtype,
             observers=[runtime.metrics],
+            limits=s.limits(),
             **dict(engine_options or {}),
         )
+        runtime.default_model = runtime.engine.canonical(s.default_model)
+        runtime.extra_models = tuple(dict.fromkeys(runtime.engine.canonical(m) for m in s.models))
         await runtime.engine.start()
         warm: asyncio.Task[None] | None = None
         if s.warmup:

@@ -1,17 +1,20 @@
 """From the HTTP API's request fields to a :class:`ForecastRequest`, and from a result back.
 
 Shared by the server and by in-process replay, so a trace replayed without a server builds
-exactly the requests the server would.
+exactly the requests the server would. Nothing here does work sized by a number in the
+request before that number's bound is checked: the answer's timestamps are built from the
+result (whose horizon the model has accepted), after the time axis was checked to exist.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from chronoserve.data import SeriesStore
+from chronoserve.limits import check_time_axis, time_axis
 from chronoserve.request import ForecastRequest, ForecastResult
 
 from .schemas import DEFAULT_CONTEXT_HOURS, ForecastIn
@@ -22,9 +25,18 @@ _HTTP_FIELDS = {"horizon": "horizon_hours", "context_length": "context_hours", "
 
 @dataclass
 class Prepared:
+    """An engine request and what the answer needs besides the result: its series and time axis."""
+
     request: ForecastRequest
     series: str | None
-    timestamps: list[datetime] | None
+    start: datetime | None
+    """The timestamp of the first forecast step, or None when the history had none."""
+    freq_hours: float = 1.0
+
+    def timestamps(self, horizon: int) -> list[str] | None:
+        if self.start is None:
+            return None
+        return [t.isoformat() for t in time_axis(self.start, self.freq_hours, 0, horizon)]
 
 
 def http_field(field_name: str, item: ForecastIn) -> str:
@@ -39,10 +51,14 @@ def http_field(field_name: str, item: ForecastIn) -> str:
     return f"{mapped}.{rest}" if rest else mapped
 
 
-def build_request(item: ForecastIn, store: SeriesStore) -> Prepared:
-    """The engine request for a validated item (raises ``InvalidRequest`` for a bad series window)."""
+def build_request(item: ForecastIn, store: SeriesStore, model: str) -> Prepared:
+    """The engine request for a validated item and the canonical name of its model.
+
+    Raises ``InvalidRequest`` for a bad series window, or a time axis that does not exist
+    (``start`` and ``freq_hours`` such that a forecast step falls past year 9999).
+    """
     kwargs: dict[str, Any] = {
-        "model": item.model_name,
+        "model": model,
         "horizon": item.horizon_hours,
         "quantile_levels": item.quantile_levels,
         "seed": item.seed,
@@ -66,7 +82,7 @@ def build_request(item: ForecastIn, store: SeriesStore) -> Prepared:
             future_covariates=window.future_covariates,
             **kwargs,
         )
-        return Prepared(request, item.city, list(window.forecast_timestamps))
+        return Prepared(request, item.city, window.forecast_start)
     assert item.target is not None
     request = ForecastRequest(
         target=[float("nan") if v is None else v for v in item.target],
@@ -75,12 +91,12 @@ def build_request(item: ForecastIn, store: SeriesStore) -> Prepared:
         future_covariates=_nan_lists(item.future_covariates),
         **kwargs,
     )
-    timestamps = None
-    if item.start is not None:
-        step = timedelta(hours=item.freq_hours)
-        n = len(item.target)
-        timestamps = [item.start + step * (n + h) for h in range(item.horizon_hours)]
-    return Prepared(request, None, timestamps)
+    if item.start is None:
+        return Prepared(request, None, None)
+    n = len(item.target)
+    check_time_axis(item.start, item.freq_hours, n, item.horizon_hours)
+    first = time_axis(item.start, item.freq_hours, n, 1)[0]
+    return Prepared(request, None, first, item.freq_hours)
 
 
 def _nan_lists(values: Mapping[str, list[float | None]] | None) -> dict[str, list[float]] | None:
@@ -95,7 +111,7 @@ def result_body(result: ForecastResult, prepared: Prepared, family: str) -> dict
         "model": {"name": result.model, "family": family, "random_weights": result.random_weights},
         "policy": result.policy,
         "series": prepared.series,
-        "timestamps": [t.isoformat() for t in prepared.timestamps] if prepared.timestamps is not None else None,
+        "timestamps": prepared.timestamps(result.horizon),
         "median": result.median.tolist(),
         "quantile_levels": list(result.quantile_levels),
         "quantiles": {f"{q:g}": result.quantiles[:, j].tolist() for j, q in enumerate(result.quantile_levels)},

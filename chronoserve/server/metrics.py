@@ -72,8 +72,9 @@ class ServerMetrics(EngineObserver):
         )
         self.rejected = Counter(
             "chronoserve_rejected_requests",
-            "Requests refused before any work, by reason: queue_full, invalid_request, unknown_model, "
-            "engine_closed, body_too_large (Ray Serve: BackPressureError; Triton: REJECTED).",
+            "Requests refused before any work, by reason: queue_full, invalid_request, too_costly, "
+            "model_load_failed (in its backoff), engine_closed, body_too_large, unsupported_media_type "
+            "(Ray Serve: BackPressureError; Triton: REJECTED).",
             ["reason"],
             registry=r,
         )
@@ -138,7 +139,7 @@ class ServerMetrics(EngineObserver):
     def request_rejected(self, model: str, reason: str) -> None:
         # Invalid input is counted by the HTTP layer, which sees every 422 (also those found
         # before the engine: bad JSON, unknown series, a model not served here).
-        if reason not in ("invalid_request", "unknown_model"):
+        if reason not in ("invalid_request", "unknown_model", "too_costly"):
             self.rejected.labels(reason).inc()
 
     def request_finished(self, model: str, status: str, result: ForecastResult | None) -> None:

@@ -9,9 +9,20 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, field_validator
+
+from chronoserve.limits import (
+    MAX_COVARIATES,
+    MAX_HORIZON,
+    MAX_LABEL,
+    MAX_MODEL_NAME,
+    MAX_QUANTILE_LEVELS,
+    MAX_SEED,
+    MAX_SERIES_POINTS,
+    MIN_FREQ_HOURS,
+)
 
 #: The small Chronos-2 trained here on Beijing PM2.5 and shipped with chronoserve (real forecasts).
 DEFAULT_MODEL = "chronos-2-pm25"
@@ -19,23 +30,44 @@ DEFAULT_CONTEXT_HOURS = 512
 MAX_BATCH_ITEMS = 1000
 
 Number = float | None
+Series = Annotated[list[Number], Field(max_length=MAX_SERIES_POINTS)]
+CovariateName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_LABEL)]
+
+#: Strict types (no ``"24"`` for 24, no ``true`` for 1), finite numbers only, no unknown fields.
+_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+_EXAMPLES: list[JsonValue] = [
+    {"city": "dongsi", "horizon_hours": 24},
+    {"city": "dongsi", "horizon_hours": 12, "context_hours": 240, "use_covariates": True},
+    {"target": [61.0, 58.0, None, 64.0, 70.0], "start": "2016-12-01T00:00:00Z", "horizon_hours": 6},
+]
 
 
 class ForecastIn(BaseModel):
-    """One forecast: from a named series (``city``) or from a history sent inline (``target``)."""
+    """One forecast: from a named series (``city``) or from a history sent inline (``target``).
 
-    model_config = ConfigDict(extra="forbid")
+    Which fields go together (one of ``city`` and ``target``, and the fields of each) is
+    checked by :func:`combination_errors`, which names the field at fault.
+    """
+
+    model_config = ConfigDict(**_STRICT, json_schema_extra={"examples": _EXAMPLES})
 
     request_id: str | None = Field(
-        default=None, max_length=200, description="Echoed back; generated when absent.", examples=["r-1"]
+        default=None, max_length=MAX_LABEL, description="Echoed back; generated when absent.", examples=["r-1"]
     )
     model_name: str = Field(
         default=DEFAULT_MODEL,
-        description="A catalog name (`chronos-bolt-small`, `random/chronos-2`, ...) or a model the operator allowed.",
+        min_length=1,
+        max_length=MAX_MODEL_NAME,
+        description="A catalog name (`chronos-bolt-small`, `random/chronos-2`, ...) or a model the operator "
+        "allowed. Default: the server's default model.",
         examples=[DEFAULT_MODEL],
     )
     city: str | None = Field(
-        default=None, description="A series the server knows (`GET /series`), e.g. a Beijing site.", examples=["dongsi"]
+        default=None,
+        min_length=1,
+        max_length=MAX_LABEL,
+        description="A series the server knows (`GET /series`), e.g. a Beijing site. Instead of `target`.",
     )
     end: datetime | None = Field(
         default=None,
@@ -46,11 +78,18 @@ class ForecastIn(BaseModel):
     context_hours: int | None = Field(
         default=None,
         ge=1,
+        le=MAX_SERIES_POINTS,
         description=f"Hours of history to use (the last ones). Default with `city`: {DEFAULT_CONTEXT_HOURS}; "
         "with `target`: all of it.",
         examples=[240],
     )
-    horizon_hours: int = Field(default=24, ge=1, description="Steps to forecast.", examples=[24])
+    horizon_hours: int = Field(
+        default=24,
+        ge=1,
+        le=MAX_HORIZON,
+        description="Steps to forecast; at most the model's own limit (`GET /models`).",
+        examples=[24],
+    )
     use_covariates: bool = Field(
         default=False,
         description="With `city`: give the model the series' weather covariates over the context "
@@ -61,31 +100,42 @@ class ForecastIn(BaseModel):
         description="With `city` and `use_covariates`: also give the real covariate values over the horizon, "
         "as if weather forecasts were perfect (the seed study's optimistic assumption).",
     )
-    target: list[Number] | None = Field(
+    target: Series | None = Field(
         default=None,
         min_length=1,
         description="Inline history, oldest first; null for a gap. Instead of `city`.",
-        examples=[[61.0, 58.0, None, 64.0, 70.0]],
     )
-    past_covariates: dict[str, list[Number]] | None = Field(
-        default=None, description="With `target`: covariates aligned with it (Chronos-2 only)."
-    )
-    future_covariates: dict[str, list[Number]] | None = Field(
+    past_covariates: dict[CovariateName, Series] | None = Field(
         default=None,
+        max_length=MAX_COVARIATES,
+        description="With `target`: covariates aligned with it (Chronos-2 only; the server's `--max-covariates` "
+        "bounds how many).",
+    )
+    future_covariates: dict[CovariateName, Series] | None = Field(
+        default=None,
+        max_length=MAX_COVARIATES,
         description="With `target`: known covariate values over the horizon; each also needs past values.",
     )
     start: datetime | None = Field(
-        default=None, description="With `target`: the timestamp of its first point, to label the forecast."
+        default=None,
+        description="With `target`: the timestamp of its first point, to label the forecast (its UTC offset, "
+        "if any, is kept).",
     )
-    freq_hours: float = Field(default=1.0, gt=0, description="With `target` and `start`: hours between points.")
+    freq_hours: float = Field(
+        default=1.0,
+        ge=MIN_FREQ_HOURS,
+        description="With `target` and `start`: hours between points (at least one second).",
+    )
     quantile_levels: list[float] = Field(
         default=[0.1, 0.5, 0.9],
         min_length=1,
-        max_length=99,
+        max_length=MAX_QUANTILE_LEVELS,
         description="Levels in (0, 1).",
         examples=[[0.1, 0.5, 0.9]],
     )
-    seed: int = Field(default=0, ge=0, description="Chronos-T5 sampling seed (other models are deterministic).")
+    seed: int = Field(
+        default=0, ge=0, le=MAX_SEED, description="Chronos-T5 sampling seed (other models are deterministic)."
+    )
 
     @field_validator("quantile_levels")
     @classmethod
@@ -97,21 +147,29 @@ class ForecastIn(BaseModel):
             raise ValueError("levels must be distinct")
         return levels
 
-    @model_validator(mode="after")
-    def _one_source(self) -> ForecastIn:
-        if (self.city is None) == (self.target is None):
-            raise ValueError("give exactly one of `city` (a known series) or `target` (an inline history)")
-        if self.city is not None and (self.past_covariates or self.future_covariates or self.start):
-            raise ValueError("`past_covariates`, `future_covariates` and `start` go with an inline `target`")
-        if self.target is not None and (self.use_covariates or self.known_future_covariates or self.end):
-            raise ValueError("`use_covariates`, `known_future_covariates` and `end` go with `city`")
-        if self.known_future_covariates and not self.use_covariates:
-            raise ValueError("`known_future_covariates` needs `use_covariates`")
-        return self
+
+#: Fields that only go with ``target`` (an inline history), and only with ``city``.
+_TARGET_ONLY = ("past_covariates", "future_covariates", "start")
+_CITY_ONLY = ("use_covariates", "known_future_covariates", "end")
+
+
+def combination_errors(item: ForecastIn) -> list[tuple[str, str]]:
+    """``(field, message)`` for each field that does not go with the others (empty when all do)."""
+    if item.city is None and item.target is None:
+        return [("city", "give exactly one of `city` (a known series) or `target` (an inline history)")]
+    if item.city is not None and item.target is not None:
+        return [("target", "`target` and `city` exclude each other: give one")]
+    if item.city is not None:
+        errors = [(f, f"`{f}` goes with an inline `target`, not with `city`") for f in _TARGET_ONLY if getattr(item, f)]
+    else:
+        errors = [(f, f"`{f}` goes with `city`, not with an inline `target`") for f in _CITY_ONLY if getattr(item, f)]
+    if item.known_future_covariates and not item.use_covariates:
+        errors.append(("known_future_covariates", "needs `use_covariates`"))
+    return errors
 
 
 class BatchIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     requests: list[ForecastIn] = Field(min_length=1, max_length=MAX_BATCH_ITEMS)
 
@@ -139,6 +197,9 @@ class ModelsOut(BaseModel):
     default: str = Field(description="The model of requests that name none.")
     allowed_extra: list[str]
     resident: list[dict[str, Any]] = Field(description="Loaded or loading models: status, bytes, load time.")
+    failed: list[dict[str, Any]] = Field(
+        description="Models whose last load failed: `name`, `error`, `failures` in a row, `retry_in_seconds`."
+    )
     catalog: list[CatalogModelOut]
     note: str
 
@@ -155,7 +216,11 @@ class ForecastOut(BaseModel):
     model: ModelOut
     policy: str
     series: str | None = None
-    timestamps: list[datetime] | None = Field(default=None, description="The forecast hours, when known.")
+    timestamps: list[str] | None = Field(
+        default=None,
+        description="The forecast steps as ISO 8601 date-times, when known: with `start`'s UTC offset when it "
+        "had one; naive local time for the named series (the embedded ones are Beijing local time).",
+    )
     median: list[float | None]
     quantile_levels: list[float]
     quantiles: dict[str, list[float | None]] = Field(description="Per level (as a string): one value per step.")
@@ -207,9 +272,18 @@ def openapi_document(version: str) -> dict[str, Any]:
         return out
 
     errors = {
-        "422": reply("Invalid request: `detail` names each field and the reason", "ErrorOut"),
+        "400": reply("Not HTTP the server can parse", "ErrorOut"),
+        "408": reply("The body did not arrive within the server's `--body-timeout`", "ErrorOut"),
+        "413": reply("The body is over the server's `--max-body-bytes`", "ErrorOut"),
+        "415": reply("The body is not `application/json`", "ErrorOut"),
+        "422": reply(
+            "Invalid request: `detail` names each field and the reason (also a request over the server's "
+            "cost budget: `type: too_costly`)",
+            "ErrorOut",
+        ),
         "429": reply("Queue full: retry after the `Retry-After` header's seconds", "ErrorOut"),
-        "503": reply("Draining, or the model could not be loaded", "ErrorOut"),
+        "503": reply("Draining, or the model could not be loaded (`Retry-After`: when it is tried again)", "ErrorOut"),
+        "504": reply("The batch ran past the server's `--max-inference-seconds` and was stopped", "ErrorOut"),
     }
     plain = {"type": "object"}
     return {
