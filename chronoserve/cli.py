@@ -218,9 +218,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _check_serve_settings(settings: Any) -> None:
     """Fail fast, before binding a port, on options that cannot work."""
     from .data import SeriesStore
+    from .models.loader import ChronosLoader
     from .plugins import load_policy
 
     load_policy(settings.policy, settings.policy_options)
+    # Names are checked (no weights read, no torch) so a typo fails here, not as a server never ready.
+    loader = ChronosLoader(device=settings.device, dtype=settings.dtype)
+    named = [("--default-model", settings.default_model), *(("--models", m) for m in settings.models)]
+    for flag, name in named:
+        try:
+            loader.resolve(loader.canonical(name))
+        except InvalidRequest as exc:
+            raise UsageError(f"{flag}: {exc.message}") from None
     if settings.data is not None:
         try:
             SeriesStore.from_dir(settings.data)

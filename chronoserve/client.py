@@ -41,6 +41,14 @@ import numpy.typing as npt
 import orjson
 
 from .errors import ChronoserveError
+from .limits import (
+    MAX_COVARIATES,
+    MAX_HORIZON,
+    MAX_QUANTILE_LEVELS,
+    MAX_SERIES_POINTS,
+    check_model_name,
+    check_time_axis,
+)
 
 if TYPE_CHECKING:
     import pandas as pd  # type: ignore[import-untyped,unused-ignore]
@@ -206,8 +214,21 @@ def forecast_body(
     """The JSON body of ``POST /forecast`` (one item of ``/forecast/batch``).
 
     Fields left at None are left out, so the server's defaults apply (``model_name``: the
-    server's default model). The server checks everything else and answers 422 naming the field.
+    server's default model). The bounds that hold for every model and server
+    (:mod:`chronoserve.limits`: horizon, name, time axis, counts) are checked here, before
+    anything is sent (``ValueError`` naming the field); the server checks the rest and answers
+    422 naming the field.
     """
+    _check_count("horizon_hours", horizon_hours, 1, MAX_HORIZON)
+    if context_hours is not None:
+        _check_count("context_hours", context_hours, 1, MAX_SERIES_POINTS)
+    if model_name is not None:
+        model_name = check_model_name(model_name, "model_name")
+    if len(quantile_levels) > MAX_QUANTILE_LEVELS:
+        raise ValueError(f"quantile_levels: {len(quantile_levels)} levels; the limit is {MAX_QUANTILE_LEVELS}")
+    for name, covariates in (("past_covariates", past_covariates), ("future_covariates", future_covariates)):
+        if covariates is not None and len(covariates) > MAX_COVARIATES:
+            raise ValueError(f"{name}: {len(covariates)} covariates; the limit is {MAX_COVARIATES}")
     body: dict[str, Any] = {
         "horizon_hours": horizon_hours,
         "quantile_levels": [float(q) for q in quantile_levels],
@@ -231,6 +252,12 @@ def forecast_body(
         body["end"] = _iso(end)
     if start is not None:
         body["start"] = _iso(start)
+        if "target" in body:  # the answer's time axis must exist (no step past year 9999)
+            try:
+                first = datetime.fromisoformat(body["start"])
+            except ValueError:
+                raise ValueError(f"start: not an ISO 8601 date-time: {body['start']!r}") from None
+            check_time_axis(first, 1.0 if freq_hours is None else freq_hours, len(body["target"]), horizon_hours)
     if freq_hours is not None:
         body["freq_hours"] = freq_hours
     past = _covariates("past_covariates", past_covariates)
@@ -240,6 +267,13 @@ def forecast_body(
     if future is not None:
         body["future_covariates"] = future
     return body
+
+
+def _check_count(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name}: must be an integer, got {type(value).__name__}")
+    if not low <= value <= high:
+        raise ValueError(f"{name}: must lie in [{low}, {high}], got {value}")
 
 
 def _dumps(body: Any) -> bytes:

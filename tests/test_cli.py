@@ -105,3 +105,36 @@ def test_bad_flag_value_is_an_argparse_error(capsys):
         main(["forecast", "--values", "1,2", "--horizon", "0"])
     assert info.value.code == 2
     assert "--horizon" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--default-model", "nosuch-model"], "--default-model: unknown model 'nosuch-model'"),
+        (["--models", "random/chronos-bolt-tiny,random/nosuch"], "--models: unknown model 'random/nosuch'"),
+        (["--default-model", "x" * 300], "--default-model: is 300 characters long"),
+    ],
+)
+def test_serve_refuses_model_names_it_cannot_serve_before_binding_a_port(argv, message, capsys):
+    assert main(["serve", "--port", "1", *argv]) == 2  # port 1 would fail to bind: it is never reached
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--max-covariates", "-1"),
+        ("--max-request-gflop", "0"),
+        ("--max-inference-seconds", "nan"),
+        ("--header-timeout", "0"),
+        ("--body-timeout", "-5"),
+        ("--max-connections", "0"),
+        ("--drain-timeout", "inf"),
+    ],
+)
+def test_serve_limit_options_refuse_nonsense(flag, value, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["serve", flag, value])
+    assert info.value.code == 2
+    assert flag in capsys.readouterr().err

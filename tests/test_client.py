@@ -210,13 +210,33 @@ def test_forecast_body_sends_nan_as_null_and_refuses_what_json_cannot_say():
         forecast_body(target=[1.0], future_covariates={"w": ["windy"]})
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"horizon_hours": 2755369720}, "horizon_hours"),
+        ({"horizon_hours": True}, "horizon_hours"),
+        ({"context_hours": 0}, "context_hours"),
+        ({"model_name": "x" * 1000}, "model"),
+        ({"model_name": "a\x00b"}, "model"),
+        ({"start": "9999-12-31T22:00:00", "horizon_hours": 3}, "start"),
+        ({"start": "2000-01-01T00:00:00", "freq_hours": 1e300}, "start"),
+        ({"start": "2000-01-01T00:00:00", "freq_hours": 1e-12}, "freq_hours"),
+        ({"start": "yesterday"}, "start"),
+        ({"quantile_levels": [0.5] * 100}, "quantile_levels"),
+    ],
+)
+def test_forecast_body_checks_the_bounds_every_server_has_before_sending(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        forecast_body(target=[1.0, 2.0], **kwargs)
+
+
 # -- errors name the field -------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("kwargs", "field", "message"),
     [
-        ({"city": "dongsi", "horizon_hours": 0}, "horizon_hours", "greater than or equal to 1"),
+        ({"city": "dongsi", "horizon_hours": 65}, "horizon_hours", "exceeds what"),
         ({"city": "atlantis"}, "city", "unknown series"),
         ({"city": "dongsi", "model_name": "no/such-model"}, "model_name", "not served here"),
         ({"target": [1.0, 2.0], "context_hours": 3}, "context_hours", "history given"),

@@ -637,3 +637,24 @@ def test_every_backend_checks_for_a_stop_at_every_layer_and_stops_mid_pass(
     with watching(stopping), pytest.raises(BatchStopped, match="told to stop"):  # type: ignore[arg-type]
         backend.predict(batch)
     assert stopping.calls == 2  # stopped at the second layer, not at the end of the batch
+
+
+# -- safetensors only ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pickle_name", ["pytorch_model.bin", "model.pt"])
+def test_a_directory_with_only_pickle_weights_is_refused_naming_the_file(tmp_path: Path, pickle_name: str) -> None:
+    source = materialize("tiny-chronos-bolt", dir=tmp_path / "ok")
+    target = tmp_path / "pickled"
+    target.mkdir()
+    (target / "config.json").write_bytes((source / "config.json").read_bytes())
+    from safetensors.torch import load_file
+
+    torch.save(load_file(source / "model.safetensors"), target / pickle_name)
+    with pytest.raises(errors.UnknownModel, match=f"pickle weights \\({pickle_name}\\)") as info:
+        ChronosLoader().resolve(str(target))
+    assert "safetensors only" in info.value.message
+    # beside a safetensors file a stray pickle is never read (here it is not even a pickle)
+    (target / "model.safetensors").write_bytes((source / "model.safetensors").read_bytes())
+    (target / pickle_name).write_bytes(b"not a pickle: reading this would fail")
+    assert ChronosLoader().load(ChronosLoader().resolve(str(target))).spec.family == CHRONOS_BOLT

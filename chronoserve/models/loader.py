@@ -167,9 +167,11 @@ class ChronosLoader(ModelLoader):
         if not config_path.is_file():
             raise errors.UnknownModel(name, f"model directory {name!r} has no {CONFIG_FILE}")
         weights = path / WEIGHTS_FILE
-        return self._spec_from_config(
+        spec = self._spec_from_config(
             name, str(path.absolute()), _read_json(name, config_path), weights if weights.is_file() else None
         )
+        check_safetensors_only(name, path)
+        return spec
 
     def _spec_from_config(self, name: str, source: str, config: dict[str, Any], weights: Path | None) -> ModelSpec:
         family = _family_of(config)
@@ -244,7 +246,10 @@ class ChronosLoader(ModelLoader):
                 torch.set_num_threads(self.torch_threads)
             with TRANSFORMERS_LOCK:  # from_pretrained is not thread-safe (see TRANSFORMERS_LOCK)
                 pipeline = BaseChronosPipeline.from_pretrained(
-                    spec.source, device_map=self.device, dtype=getattr(torch, self.dtype)
+                    spec.source,
+                    device_map=self.device,
+                    dtype=getattr(torch, self.dtype),
+                    use_safetensors=True,  # never unpickle: a pickle can run code (see check_safetensors_only)
                 )
         except Exception as e:
             hint = ""
@@ -258,6 +263,31 @@ class ChronosLoader(ModelLoader):
             return wrap_pipeline(pipeline, spec)
         except Exception as e:
             raise errors.ModelLoadError(spec.name, str(e)) from e
+
+
+#: Weight files that are pickles: loading one can run arbitrary code, so chronoserve never does.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def check_safetensors_only(name: str, path: Path) -> None:
+    """Refuse a checkpoint directory whose weights are only pickles, naming the file.
+
+    (A directory without any weights resolves; its load then fails with a ``ModelLoadError``.)
+
+    chronoserve loads ``model.safetensors`` (or a sharded ``model.safetensors.index.json``)
+    only, and ``from_pretrained`` is called with ``use_safetensors=True`` so transformers
+    never falls back to a pickle either.
+    """
+    if (path / WEIGHTS_FILE).is_file() or (path / f"{WEIGHTS_FILE}.index.json").is_file():
+        return
+    pickles = sorted(p.name for p in path.iterdir() if p.is_file() and p.name.endswith(PICKLE_SUFFIXES))
+    if pickles:
+        raise errors.UnknownModel(
+            name,
+            f"model directory {name!r} holds pickle weights ({', '.join(pickles)}) and no {WEIGHTS_FILE}: "
+            "chronoserve loads safetensors only, since unpickling a file can run code in it. Convert it once "
+            "where you trust it: `torch.load(..., weights_only=True)` then `safetensors.torch.save_file(...)`.",
+        )
 
 
 def _read_json(name: str, path: Path) -> dict[str, Any]:

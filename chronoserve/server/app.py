@@ -226,7 +226,8 @@ def _check_media_type(request: Request) -> None:
             [
                 {
                     "loc": ["header", "content-type"],
-                    "msg": f"the body must be JSON (content-type: application/json), not {declared[:100]!r}",
+                    "msg": f"the body must be JSON: send `Content-Type: application/json` (curl: --json), "
+                    f"not {declared[:100]!r}",
                     "type": "unsupported_media_type",
                 }
             ],
