@@ -3,20 +3,36 @@
 On the first signal the server stops reporting ready (``/readyz`` 503), the engine stops
 accepting requests (503) and runs what is queued for up to ``drain_timeout`` seconds, then
 fails what is left with 503; uvicorn closes the listening socket, waits for the open
-requests to be answered, runs the lifespan's shutdown and the process exits 0.
+requests to be answered, runs the lifespan's shutdown and the process exits 0. A body still
+arriving at the signal is not waited for: its handler answers 503 at once (see body.py).
+
+Connections are served by the h11 protocol of :mod:`.protocol`, which bounds what a client
+may hold: time to send its headers, their size, idle time between requests, open connections.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import signal
 from types import FrameType
 
 import uvicorn
 
 from .app import ServerRuntime, ServerSettings, create_app
+from .protocol import guarded_protocol
 
 logger = logging.getLogger("chronoserve.server")
+
+#: Seconds uvicorn waits for open requests beyond ``drain_timeout`` before it cancels them.
+#: The drain starts at the signal, uvicorn's wait only after up to 0.2 s (its 0.1 s tick and
+#: 0.1 s pause); the requests the engine fails at the end of the drain are answered (503)
+#: just after it, and ``drain_timeout`` is rounded up to whole seconds. 2 s covers all of
+#: that on a loaded machine; without it the handlers answering those 503s would be cancelled
+#: into plain-text 500s at the very moment they answer. (The lifespan's shutdown then waits
+#: for the engine's drain, which past ``drain_timeout`` also stops running batches at their
+#: model's next layer.)
+SHUTDOWN_MARGIN_SECONDS = 2
 
 
 class _DrainingServer(uvicorn.Server):
@@ -57,8 +73,13 @@ def run(settings: ServerSettings, host: str = "127.0.0.1", port: int = 8000, log
         port=port,
         log_level=log_level,
         lifespan="on",
-        # Open requests get the drain timeout plus a margin to be answered before uvicorn gives up.
-        timeout_graceful_shutdown=int(settings.drain_timeout) + 5,
+        # Our h11 protocol with the connection limits (see protocol.py); a class here also keeps
+        # uvicorn from picking httptools, which would bypass them.
+        http=guarded_protocol(settings),
+        timeout_keep_alive=math.ceil(settings.keep_alive_timeout),
+        # h11's own limit on an incomplete head: a backstop behind the protocol's 431.
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+        timeout_graceful_shutdown=math.ceil(settings.drain_timeout) + SHUTDOWN_MARGIN_SECONDS,
         access_log=log_level == "debug",
     )
     server = _DrainingServer(config, runtime)
