@@ -20,8 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
+from test_serve_process import free_port, wait_ready
 
 pytest.importorskip("torch")
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
@@ -52,12 +52,6 @@ class Server:
         return self.log.read_text(errors="replace")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def serving(tmp: Path, *options: str) -> Iterator[Server]:
     port = free_port()
@@ -70,18 +64,10 @@ def serving(tmp: Path, *options: str) -> Iterator[Server]:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
     server = Server(port, proc, log_path)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"server exited early with {proc.returncode}:\n{server.log_text()}")
-            try:
-                if httpx.get(f"{server.url}/readyz", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("server not ready in time")
-            time.sleep(0.1)
+        try:
+            wait_ready(server.url, proc)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}:\n{server.log_text()}") from None
         yield server
     finally:
         if proc.poll() is None:
