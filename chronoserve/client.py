@@ -42,10 +42,12 @@ import orjson
 
 from .errors import ChronoserveError
 from .limits import (
+    MAX_ANSWER_VALUES,
     MAX_COVARIATES,
     MAX_HORIZON,
     MAX_QUANTILE_LEVELS,
     MAX_SERIES_POINTS,
+    answer_values,
     check_model_name,
     check_time_axis,
 )
@@ -276,24 +278,37 @@ def _check_count(name: str, value: object, low: int, high: int) -> None:
         raise ValueError(f"{name}: must lie in [{low}, {high}], got {value}")
 
 
+def _answer_size(body: Mapping[str, Any]) -> int:
+    """The numbers the answer to ``body`` holds (0 where its fields are not what the server takes)."""
+    horizon, levels = body.get("horizon_hours", 24), body.get("quantile_levels", DEFAULT_QUANTILES)
+    if isinstance(horizon, int) and isinstance(levels, Sequence):
+        return answer_values(horizon, len(levels))
+    return 0
+
+
 def _dumps(body: Any) -> bytes:
     return orjson.dumps(body)
 
 
-def _chunks(indices: Sequence[int], encoded: Sequence[bytes], max_items: int, max_bytes: int) -> Iterator[list[int]]:
-    """Split ``indices`` into runs of at most ``max_items`` whose batch body stays under ``max_bytes``.
+def _chunks(
+    indices: Sequence[int], encoded: Sequence[bytes], values: Sequence[int], max_items: int, max_bytes: int
+) -> Iterator[list[int]]:
+    """Split ``indices`` into runs of at most ``max_items`` whose batch body stays under ``max_bytes``
+    and whose answer stays under :data:`~chronoserve.limits.MAX_ANSWER_VALUES` numbers.
 
     An item too large on its own goes alone (the server then says what it thinks of it).
     """
     chunk: list[int] = []
     size = len(b'{"requests":[]}')
+    total = 0
     for i in indices:
         extra = len(encoded[i]) + (1 if chunk else 0)
-        if chunk and (len(chunk) >= max_items or size + extra > max_bytes):
+        if chunk and (len(chunk) >= max_items or size + extra > max_bytes or total + values[i] > MAX_ANSWER_VALUES):
             yield chunk
-            chunk, size, extra = [], len(b'{"requests":[]}'), len(encoded[i])
+            chunk, size, total, extra = [], len(b'{"requests":[]}'), 0, len(encoded[i])
         chunk.append(i)
         size += extra
+        total += values[i]
     if chunk:
         yield chunk
 
@@ -488,11 +503,12 @@ def _batch_flow(
 ) -> _Flow[list[Forecast | ChronoserveHTTPError]]:
     """Every item through ``/forecast/batch`` in chunks; items refused with 429 are sent again."""
     encoded = [_dumps(b) for b in bodies]
+    values = [_answer_size(b) for b in bodies]
     results: list[Forecast | ChronoserveHTTPError | None] = [None] * len(encoded)
     pending = list(range(len(encoded)))
     for attempt in range(policy.retries + 1):
         again: list[int] = []
-        for chunk in _chunks(pending, encoded, min(max_items, MAX_BATCH_ITEMS), policy.max_body_bytes):
+        for chunk in _chunks(pending, encoded, values, min(max_items, MAX_BATCH_ITEMS), policy.max_body_bytes):
             response = yield from _exchange(policy, _Call("POST", "/forecast/batch", _batch_content(encoded, chunk)))
             if not response.is_success:
                 raise _http_error(response, chunk)

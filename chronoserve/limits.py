@@ -47,6 +47,9 @@ MAX_SEED = 2**64 - 1
 MIN_FREQ_HOURS = 1.0 / 3600.0
 #: The most quantile levels in one request.
 MAX_QUANTILE_LEVELS = 99
+#: The most numbers one HTTP answer may carry (medians, quantiles and timestamps of every item
+#: of a batch): about 20 MB of JSON. A batch asking for more is refused before any work.
+MAX_ANSWER_VALUES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,11 @@ def time_axis(start: datetime, freq_hours: float, first: int, horizon: int) -> l
 
 
 # -- cost ----------------------------------------------------------------------------------------
+
+
+def answer_values(horizon: int, levels: int) -> int:
+    """How many numbers the answer to one request holds: per step its median, quantiles and time."""
+    return horizon * (levels + 2)
 
 
 def estimate_gflop(spec: ModelSpec, *, context: int, horizon: int, rows: int = 1) -> float:

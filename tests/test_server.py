@@ -169,7 +169,7 @@ async def test_batch_endpoint_answers_each_item_with_its_own_status():
             "future_covariates.t",
             "must match",
         ),
-        ({"city": "dongsi", "quantile_levels": [0.5, 1.5]}, "quantile_levels", "between 0 and 1"),
+        ({"city": "dongsi", "quantile_levels": [0.5, 1.5]}, "quantile_levels.1", "less than 1"),
         ({"city": "dongsi", "horizon_hours": "soon"}, "horizon_hours", "integer"),
         ({"city": "dongsi", "colour": "red"}, "colour", "Extra inputs"),
         ({"horizon_hours": 4}, "city", "exactly one of"),

@@ -200,7 +200,7 @@ async def test_a_failing_default_model_is_retried_until_it_loads():
 async def test_spellings_of_a_model_name_are_one_model_and_one_metric_label():
     loader = fake_loader()
     async with client_for(settings(), loader=loader) as client:
-        for name in (FAKE, f"{FAKE} ", f"  {FAKE}", f"\t{FAKE}\n"):
+        for name in (FAKE, f"{FAKE} ", f"  {FAKE}", f" {FAKE}   "):
             r = await post(client, {"model_name": name, "target": [1.0, 2.0], "horizon_hours": 2})
             assert r.status_code == 200, r.text
             assert r.json()["model"]["name"] == FAKE
@@ -236,7 +236,7 @@ async def test_names_that_cannot_be_names_are_refused(name):
     [
         ({"city": "dongsi", "horizon_hours": True}, "horizon_hours"),
         ({"city": "dongsi", "horizon_hours": "24"}, "horizon_hours"),
-        ({"city": "dongsi", "horizon_hours": 24.0}, "horizon_hours"),
+        ({"city": "dongsi", "horizon_hours": 24.5}, "horizon_hours"),
         ({"target": ["1"], "horizon_hours": 2}, "target"),
         ({"target": [1.0], "horizon_hours": 2, "seed": "1"}, "seed"),
         ({"city": "dongsi", "use_covariates": 1}, "use_covariates"),
@@ -338,3 +338,57 @@ async def test_the_loop_stays_free_while_the_worst_request_of_each_class_is_in_f
     assert [r.status_code for r in responses] == [422] * len(WORST_OF_EACH_CLASS), [r.text for r in responses]
     # seconds, not milliseconds: this is a test, not a benchmark (before the fix: 9 to 148 s)
     assert lag < 3.0, lag
+
+
+# -- answers are bounded too ---------------------------------------------------------------------
+
+
+async def test_a_batch_whose_answer_would_be_huge_is_refused_before_any_work():
+    loader = fake_loader()
+    levels = [i / 100 for i in range(1, 100)]
+    item = {"model_name": C2, "target": [1.0], "horizon_hours": 1024, "quantile_levels": levels}
+    async with client_for(settings(), loader=loader) as client:
+        r = await post(client, {"requests": [item] * 1000}, "/forecast/batch")
+        assert r.status_code == 422
+        detail = r.json()["detail"][0]
+        assert detail["loc"] == ["body", "requests"] and detail["type"] == "too_costly"
+        assert "split the batch" in detail["msg"]
+        r = await post(client, {"requests": [item] * 9}, "/forecast/batch")  # 9 x 1024 x 101 numbers: fine
+        assert r.status_code == 200 and {i["status"] for i in r.json()["results"]} == {200}
+    assert sum(loader.batch_sizes(C2)) == 9  # the 1,000 were never run
+
+
+async def test_integral_numbers_are_integers_as_json_says():
+    async with client_for(settings()) as client:
+        r = await post(client, {"city": "dongsi", "horizon_hours": 4.0, "context_hours": 48.0, "seed": 0.0})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["median"]) == 4 and r.json()["context_used"] == 48
+
+
+async def test_unknown_routes_and_methods_answer_json():
+    async with client_for(settings()) as client:
+        missing = await client.get("/nowhere")
+        wrong = await client.put("/forecast", json={})
+    assert missing.status_code == 404 and missing.json() == {"detail": "Not Found"}
+    assert wrong.status_code == 405 and wrong.json() == {"detail": "Method Not Allowed"}
+    assert "POST" in wrong.headers["allow"]
+
+
+async def test_the_served_document_names_the_servers_default_model():
+    async with client_for(settings()) as client:
+        document = (await client.get("/openapi.json")).json()
+    assert document["components"]["schemas"]["ForecastIn"]["properties"]["model_name"]["default"] == FAKE
+
+
+async def test_an_app_can_be_started_again_after_a_shutdown():
+    from asgi_lifespan import LifespanManager
+
+    from chronoserve.server import create_app
+
+    app = create_app(settings(), loader=fake_loader())
+    for _ in range(2):
+        async with LifespanManager(app) as manager:
+            transport = httpx.ASGITransport(app=manager.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                r = await post(client, {"target": [1.0, 2.0], "horizon_hours": 2})
+                assert r.status_code == 200, r.text

@@ -20,6 +20,7 @@ from typing import Any, TypedDict, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
@@ -28,12 +29,12 @@ from chronoserve import __version__
 from chronoserve.data import SeriesStore
 from chronoserve.engine import Engine
 from chronoserve.errors import ChronoserveError, ModelLoadError
-from chronoserve.limits import DEFAULT_LIMITS, Limits
+from chronoserve.limits import DEFAULT_LIMITS, MAX_ANSWER_VALUES, Limits, answer_values
 from chronoserve.models.base import ModelLoader
 from chronoserve.models.catalog import CATALOG, find_entry
 
 from .body import ClientGone, read_body
-from .errors import HTTPError, validation_error
+from .errors import HTTPError, invalid, validation_error
 from .handler import forecast_item
 from .metrics import ServerMetrics
 from .schemas import DEFAULT_MODEL, BatchIn, ForecastIn, openapi_document
@@ -268,6 +269,15 @@ async def forecast(request: Request) -> Response:
 
 
 async def _forecast_all(runtime: ServerRuntime, batch: BatchIn) -> dict[str, Any]:
+    size = sum(answer_values(item.horizon_hours, len(item.quantile_levels)) for item in batch.requests)
+    if size > MAX_ANSWER_VALUES:
+        raise invalid(
+            ["requests"],
+            f"the answer would hold {size:,} numbers (horizon x (levels + 2), summed over the items); "
+            f"the limit is {MAX_ANSWER_VALUES:,}: split the batch",
+            "too_costly",
+        )
+
     async def one(i: int, item: ForecastIn) -> dict[str, Any]:
         try:
             return {"status": 200, "result": await _forecast_one(runtime, item, ["requests", i])}
@@ -387,7 +397,13 @@ async def metrics(request: Request) -> Response:
 
 
 async def openapi(request: Request) -> Response:
-    return ORJSONResponse(openapi_document(__version__))
+    return ORJSONResponse(openapi_document(__version__, _runtime(request).default_model or DEFAULT_MODEL))
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (404, 405) as JSON, like every other error answer."""
+    assert isinstance(exc, HTTPException)
+    return ORJSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
 _DOCS = """<!doctype html>
@@ -461,7 +477,9 @@ def create_app(
         if runtime.store is None:
             runtime.store = SeriesStore.from_dir(s.data) if s.data else SeriesStore.embedded()
         runtime.metrics = ServerMetrics(lambda: runtime.engine)
+        # A fresh state for every start (an app may be started again after a shutdown).
         runtime.drain_event = asyncio.Event()
+        runtime.draining, runtime.ready, runtime.warmup_error, runtime._drain_task = False, False, None, None
         runtime.engine = Engine(
             s.policy,
             policy_options=s.policy_options,
@@ -501,6 +519,6 @@ def create_app(
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/docs", docs, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_exception})
     app.state.runtime = runtime
     return app

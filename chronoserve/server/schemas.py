@@ -7,11 +7,21 @@ inline (``target`` and optional covariates).
 
 from __future__ import annotations
 
-import math
+import re
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from chronoserve.limits import (
     MAX_COVARIATES,
@@ -23,15 +33,61 @@ from chronoserve.limits import (
     MAX_SERIES_POINTS,
     MIN_FREQ_HOURS,
 )
+from chronoserve.request import MAX_ABS_VALUE
 
 #: The small Chronos-2 trained here on Beijing PM2.5 and shipped with chronoserve (real forecasts).
 DEFAULT_MODEL = "chronos-2-pm25"
 DEFAULT_CONTEXT_HOURS = 512
 MAX_BATCH_ITEMS = 1000
 
-Number = float | None
+#: A value of a series: finite, within ±MAX_ABS_VALUE (float32 models square it), or null for a gap.
+Number = Annotated[float, Field(ge=-MAX_ABS_VALUE, le=MAX_ABS_VALUE)] | None
 Series = Annotated[list[Number], Field(max_length=MAX_SERIES_POINTS)]
 CovariateName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_LABEL)]
+#: No control characters (the names are logged, and are metric labels once served).
+_NAME_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+
+#: An ISO 8601 date and time of day, fields within their ranges (the calendar is checked on parsing).
+_TIME = (
+    r"(000[1-9]|00[1-9]\d|0[1-9]\d{2}|[1-9]\d{3})-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])"
+    r"T([01]\d|2[0-3]):[0-5]\d(:[0-5]\d(\.\d{1,6})?)?"
+)
+_LOCAL_TIME = re.compile(f"^{_TIME}$")
+_TIME_WITH_OFFSET = re.compile(f"^{_TIME}(Z|[+-]\\d{{2}}:\\d{{2}})?$")
+
+
+class _ParseDateTime:
+    """An ISO 8601 date-time string matching ``pattern``, parsed (the schema states the pattern).
+
+    JSON Schema's ``format: date-time`` requires a UTC offset, which ``end`` must not have.
+    """
+
+    def __init__(self, pattern: re.Pattern[str], what: str) -> None:
+        self.pattern, self.what = pattern, what
+
+    def __call__(self, value: object) -> object:
+        if not isinstance(value, str):
+            return value  # the strict datetime type refuses it, naming the type
+        if not self.pattern.match(value):
+            raise ValueError(f"must be {self.what}, e.g. 2016-12-01T00:00:00")
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError as exc:  # within the pattern, outside the calendar: 2016-02-30
+            raise PydanticCustomError(
+                "invalid_date", "not a date in the calendar: {reason}", {"reason": str(exc)}
+            ) from None
+
+
+LocalDateTime = Annotated[
+    datetime,
+    BeforeValidator(_ParseDateTime(_LOCAL_TIME, "a local date-time without a UTC offset")),
+    WithJsonSchema({"type": "string", "pattern": _LOCAL_TIME.pattern}),
+]
+DateTime = Annotated[
+    datetime,
+    BeforeValidator(_ParseDateTime(_TIME_WITH_OFFSET, "an ISO 8601 date-time (a UTC offset is optional)")),
+    WithJsonSchema({"type": "string", "pattern": _TIME_WITH_OFFSET.pattern}),
+]
 
 #: Strict types (no ``"24"`` for 24, no ``true`` for 1), finite numbers only, no unknown fields.
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
@@ -59,6 +115,7 @@ class ForecastIn(BaseModel):
         default=DEFAULT_MODEL,
         min_length=1,
         max_length=MAX_MODEL_NAME,
+        pattern=_NAME_PATTERN,
         description="A catalog name (`chronos-bolt-small`, `random/chronos-2`, ...) or a model the operator "
         "allowed. Default: the server's default model.",
         examples=[DEFAULT_MODEL],
@@ -69,7 +126,7 @@ class ForecastIn(BaseModel):
         max_length=MAX_LABEL,
         description="A series the server knows (`GET /series`), e.g. a Beijing site. Instead of `target`.",
     )
-    end: datetime | None = Field(
+    end: LocalDateTime | None = Field(
         default=None,
         description="With `city`: the first forecast hour (local, no time zone); the context is the hours before it. "
         "Default: the hour after the series' last reading.",
@@ -116,7 +173,7 @@ class ForecastIn(BaseModel):
         max_length=MAX_COVARIATES,
         description="With `target`: known covariate values over the horizon; each also needs past values.",
     )
-    start: datetime | None = Field(
+    start: DateTime | None = Field(
         default=None,
         description="With `target`: the timestamp of its first point, to label the forecast (its UTC offset, "
         "if any, is kept).",
@@ -126,25 +183,31 @@ class ForecastIn(BaseModel):
         ge=MIN_FREQ_HOURS,
         description="With `target` and `start`: hours between points (at least one second).",
     )
-    quantile_levels: list[float] = Field(
+    quantile_levels: list[Annotated[float, Field(gt=0.0, lt=1.0)]] = Field(
         default=[0.1, 0.5, 0.9],
         min_length=1,
         max_length=MAX_QUANTILE_LEVELS,
-        description="Levels in (0, 1).",
+        description="Distinct levels in (0, 1).",
         examples=[[0.1, 0.5, 0.9]],
+        json_schema_extra={"uniqueItems": True},
     )
     seed: int = Field(
         default=0, ge=0, le=MAX_SEED, description="Chronos-T5 sampling seed (other models are deterministic)."
     )
 
+    @field_validator("context_hours", "horizon_hours", "seed", mode="before")
+    @classmethod
+    def _integral(cls, value: object) -> object:
+        """``24.0`` is the integer 24 in JSON (and JSON Schema); ``"24"``, ``true`` and ``24.5`` are not."""
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+
     @field_validator("quantile_levels")
     @classmethod
-    def _levels_in_range(cls, levels: list[float]) -> list[float]:
-        bad = [q for q in levels if not (0.0 < q < 1.0) or math.isnan(q)]
-        if bad:
-            raise ValueError(f"levels must lie strictly between 0 and 1, got {bad}")
+    def _distinct(cls, levels: list[float]) -> list[float]:
         if len(set(levels)) != len(levels):
-            raise ValueError("levels must be distinct")
+            raise PydanticCustomError("unique_items", "levels must be distinct")
         return levels
 
 
@@ -250,14 +313,19 @@ class BatchOut(BaseModel):
     results: list[BatchItemOut]
 
 
-def openapi_document(version: str) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of the API, built from the pydantic models."""
+def openapi_document(version: str, default_model: str = DEFAULT_MODEL) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the API, built from the pydantic models.
+
+    ``default_model`` is the serving server's ``--default-model``: the default of ``model_name``.
+    """
     models: list[type[BaseModel]] = [ForecastIn, BatchIn, ForecastOut, BatchOut, ErrorOut, ModelsOut]
     components: dict[str, Any] = {}
     for model in models:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode="validation")
         components.update(schema.pop("$defs", {}))
         components[model.__name__] = schema
+
+    components["ForecastIn"]["properties"]["model_name"]["default"] = default_model
 
     def ref(name: str) -> dict[str, str]:
         return {"$ref": f"#/components/schemas/{name}"}
