@@ -642,3 +642,13 @@ def test_base_url_and_headers_are_used():
 def test_importing_the_client_does_not_import_pandas():
     code = "import sys, chronoserve.client; assert 'pandas' not in sys.modules and 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_batches_are_split_so_that_no_answer_is_over_the_servers_answer_limit():
+    from chronoserve.client import _chunks
+    from chronoserve.limits import MAX_ANSWER_VALUES
+
+    encoded = [b"{}"] * 6
+    values = [MAX_ANSWER_VALUES // 2] * 4 + [MAX_ANSWER_VALUES * 2, 10]
+    chunks = list(_chunks(range(6), encoded, values, max_items=1000, max_bytes=1 << 20))
+    assert chunks == [[0, 1], [2, 3], [4], [5]]  # an item over the limit alone goes alone
