@@ -18,92 +18,22 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from ._cli_common import (
+    UsageError,
+    add_engine_options,
+    engine_kwargs,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    positive_or_none,
+    quantiles,
+)
 from .errors import ChronoserveError, InvalidRequest, PolicyError
 from .limits import DEFAULT_LIMITS
 
 #: The model of ``serve`` and ``forecast`` when none is named: the small Chronos-2 trained here on
 #: Beijing PM2.5 and shipped with the package (``chronoserve models list`` says how it was made).
 DEFAULT_MODEL = "chronos-2-pm25"
-
-
-class UsageError(Exception):
-    """A bad command line: printed as ``error: ...`` with exit code 2."""
-
-
-def _whole(text: str, minimum: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < minimum:
-        raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    return _whole(text, 1)
-
-
-def non_negative_int(text: str) -> int:
-    return _whole(text, 0)
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
-    return value
-
-
-def _positive_or_none(text: str) -> float | None:
-    if text.strip().lower() == "none":
-        return None
-    return positive_float(text)
-
-
-def _quantiles(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def add_engine_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by every command that runs the engine."""
-    group = parser.add_argument_group("engine")
-    group.add_argument("--policy", default="batched", help="naive, lru, batched, a plugin name or module:Class")
-    group.add_argument("--max-batch", type=positive_int, default=None, help="batched: B, requests per batch")
-    group.add_argument("--max-wait-ms", type=float, default=None, help="batched: Δt after the oldest request")
-    group.add_argument("--max-resident", type=positive_int, default=None, help="lru/batched: K resident models")
-    group.add_argument("--memory-budget", default=None, help="lru/batched: bytes of resident models, e.g. 2GB")
-    group.add_argument("--workers", type=positive_int, default=None, help="inference threads (default: 2)")
-    group.add_argument("--torch-threads", type=positive_int, default=None, help="torch threads per worker")
-    group.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    group.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model dtype")
-
-
-def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """Engine constructor arguments from :func:`add_engine_options`' flags."""
-    options: dict[str, Any] = {}
-    if args.max_batch is not None:
-        options["max_batch"] = args.max_batch
-    if args.max_wait_ms is not None:
-        options["max_wait"] = args.max_wait_ms / 1000.0
-    if args.max_resident is not None:
-        options["max_resident"] = args.max_resident
-    if args.memory_budget is not None:
-        options["memory_budget"] = args.memory_budget
-    return {
-        "policy": args.policy,
-        "policy_options": options,
-        "workers": args.workers,
-        "torch_threads": args.torch_threads,
-        "device": args.device,
-        "dtype": args.dtype,
-    }
 
 
 def _read_series(args: argparse.Namespace) -> list[float]:
@@ -244,11 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    from ._trace_cli import register as register_trace
     from .edge._cli import register as register_edge
     from .eval._cli import register as register_eval
     from .models._cli import register as register_models
     from .replay._cli import register as register_replay
+    from .traces._cli import register as register_trace
 
     register_models(sub)
     register_replay(sub, add_engine_options, engine_kwargs)
@@ -294,14 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     limits.add_argument(
         "--max-request-gflop",
-        type=_positive_or_none,
+        type=positive_or_none,
         default=DEFAULT_LIMITS.max_request_gflop,
         help=f"refuse requests estimated above this many GFLOP; 'none' for no budget "
         f"({DEFAULT_LIMITS.max_request_gflop:g})",
     )
     limits.add_argument(
         "--max-inference-seconds",
-        type=_positive_or_none,
+        type=positive_or_none,
         default=DEFAULT_LIMITS.max_inference_seconds,
         help=f"stop a batch that holds a worker longer; 'none' for no bound ({DEFAULT_LIMITS.max_inference_seconds:g})",
     )
@@ -331,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fc.add_argument("--horizon", type=positive_int, default=24, help="steps to forecast (default: 24)")
     fc.add_argument("--context-length", type=positive_int, default=None, help="use only the last N points")
-    fc.add_argument("--quantiles", type=_quantiles, default=[0.1, 0.5, 0.9], help="levels (default: 0.1,0.5,0.9)")
+    fc.add_argument("--quantiles", type=quantiles, default=[0.1, 0.5, 0.9], help="levels (default: 0.1,0.5,0.9)")
     fc.add_argument("--json", action="store_true", help="print the result as JSON")
     add_engine_options(fc)
     fc.set_defaults(func=cmd_forecast)

@@ -12,7 +12,6 @@ import numpy as np
 import orjson
 import pytest
 
-from chronoserve._trace_cli import main as trace_main
 from chronoserve.data import SeriesStore
 from chronoserve.errors import InvalidRequest
 from chronoserve.models.catalog import find_entry
@@ -32,6 +31,7 @@ from chronoserve.traces import (
     scale_time,
     write_trace,
 )
+from chronoserve.traces._cli import main as trace_main
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("random/chronos-bolt-tiny", "random/chronos-bolt-mini", "random/chronos-2")

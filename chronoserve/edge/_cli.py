@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from chronoserve._cli_common import UsageError
+
 from .pinning import THREAD_ENV, allowed_cores, choose_cores, format_cores, parse_core_counts
 from .rules import CONTAMINATION_PERCENT
 
@@ -60,8 +62,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _usage(message: str) -> Exception:
-    from chronoserve.cli import UsageError
-
     return UsageError(message)
 
 

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from chronoserve._cli_common import UsageError
+
 
 def register(subparsers: Any, add_engine_options: Any, engine_kwargs: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
@@ -48,7 +50,6 @@ def register(subparsers: Any, add_engine_options: Any, engine_kwargs: Any) -> ar
 
 
 def cmd_replay(args: argparse.Namespace, engine_kwargs: Any) -> int:
-    from chronoserve.cli import UsageError
     from chronoserve.errors import InvalidRequest
     from chronoserve.traces import TraceError, read_trace, retime, scale_time
 

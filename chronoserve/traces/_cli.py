@@ -219,7 +219,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``trace ...`` on its own (``python -m chronoserve._trace_cli gen --arrivals burst``)."""
+    """Run ``trace ...`` on its own (``python -m chronoserve.traces._cli gen --arrivals burst``)."""
     parser = argparse.ArgumentParser(prog="chronoserve")
     subparsers = parser.add_subparsers()
     register(subparsers)

@@ -1,0 +1,92 @@
+"""What every command of the ``chronoserve`` CLI shares: the usage error, flag parsers, engine options.
+
+Each command's CLI lives in its own package (``eval/_cli.py``, ``replay/_cli.py``, ...) and
+imports from here, never from :mod:`chronoserve.cli`, which only assembles them: so no
+command imports the top-level CLI back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any
+
+
+class UsageError(Exception):
+    """A bad command line: printed as ``error: ...`` with exit code 2."""
+
+
+def _whole(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return _whole(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    return _whole(text, 0)
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
+def positive_or_none(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    return positive_float(text)
+
+
+def quantiles(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every command that runs the engine."""
+    group = parser.add_argument_group("engine")
+    group.add_argument("--policy", default="batched", help="naive, lru, batched, a plugin name or module:Class")
+    group.add_argument("--max-batch", type=positive_int, default=None, help="batched: B, requests per batch")
+    group.add_argument("--max-wait-ms", type=float, default=None, help="batched: Δt after the oldest request")
+    group.add_argument("--max-resident", type=positive_int, default=None, help="lru/batched: K resident models")
+    group.add_argument("--memory-budget", default=None, help="lru/batched: bytes of resident models, e.g. 2GB")
+    group.add_argument("--workers", type=positive_int, default=None, help="inference threads (default: 2)")
+    group.add_argument("--torch-threads", type=positive_int, default=None, help="torch threads per worker")
+    group.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    group.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model dtype")
+
+
+def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Engine constructor arguments from :func:`add_engine_options`' flags."""
+    options: dict[str, Any] = {}
+    if args.max_batch is not None:
+        options["max_batch"] = args.max_batch
+    if args.max_wait_ms is not None:
+        options["max_wait"] = args.max_wait_ms / 1000.0
+    if args.max_resident is not None:
+        options["max_resident"] = args.max_resident
+    if args.memory_budget is not None:
+        options["memory_budget"] = args.memory_budget
+    return {
+        "policy": args.policy,
+        "policy_options": options,
+        "workers": args.workers,
+        "torch_threads": args.torch_threads,
+        "device": args.device,
+        "dtype": args.dtype,
+    }
