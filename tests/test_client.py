@@ -23,7 +23,8 @@ import pytest
 from asgi_lifespan import LifespanManager
 from starlette.testclient import TestClient
 
-from chronoserve.client import AsyncClient, ChronoserveHTTPError, Client, Forecast, _plan_frame, forecast_body
+from chronoserve.client import AsyncClient, ChronoserveHTTPError, Client, Forecast, forecast_body
+from chronoserve.client.frames import _plan_frame
 from chronoserve.errors import ChronoserveError
 from chronoserve.server import ServerSettings, create_app
 from chronoserve.testing import FakeLoader, fake_spec
@@ -645,7 +646,7 @@ def test_importing_the_client_does_not_import_pandas():
 
 
 def test_batches_are_split_so_that_no_answer_is_over_the_servers_answer_limit():
-    from chronoserve.client import _chunks
+    from chronoserve.client.bodies import _chunks
     from chronoserve.limits import MAX_ANSWER_VALUES
 
     encoded = [b"{}"] * 6
