@@ -91,7 +91,7 @@ async def engine_run(
         stats = engine.stats()
     assert len(results) == len(requests)
     sizes = [r.batch_size for r in results]
-    return elapsed, {"mean_batch": float(np.mean(sizes)), "batches": stats["batches"] - 1}
+    return elapsed, {"mean_batch": float(np.mean(sizes)), "batches": stats.batches - 1}
 
 
 def fake_overhead(n: int, batch: int, workers: int) -> dict[str, float]:

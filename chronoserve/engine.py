@@ -34,9 +34,22 @@ from .executor import Executor, ThreadExecutor
 from .limits import DEFAULT_LIMITS, Limits
 from .models.base import Forecast, ModelBackend, ModelLoader, ModelSpec, PreparedRequest, batch_key, covariate_signature
 from .plugins import load_policy
-from .policy import Decision, Dispatch, Evict, Fail, Load, Policy, QueuedRequest, RunningBatch, SchedulerState, WakeAt
+from .policy import (
+    DECISIONS,
+    Decision,
+    Dispatch,
+    Evict,
+    Fail,
+    Load,
+    QueuedRequest,
+    RunningBatch,
+    SchedulerState,
+    SchedulingPolicy,
+    WakeAt,
+)
 from .pool import LoadFailure, ModelPool, PoolEntry
 from .request import ForecastRequest, ForecastResult, Timings, prepare
+from .status import EngineStats, ModelInfo
 from .stopping import BatchStopped, StopSignal, watching
 
 logger = logging.getLogger("chronoserve.engine")
@@ -135,7 +148,7 @@ class Engine:
 
     def __init__(
         self,
-        policy: str | Policy | type[Policy] = "batched",
+        policy: str | SchedulingPolicy | type[Any] = "batched",
         *,
         policy_options: Mapping[str, Any] | None = None,
         loader: ModelLoader | None = None,
@@ -423,9 +436,22 @@ class Engine:
     def queue_depths(self) -> dict[str, int]:
         return {model: len(q) for model, q in self._queues.items() if q}
 
-    def resident(self) -> dict[str, PoolEntry]:
-        """Resident and loading models (read-only view of the pool)."""
-        return dict(self._pool.entries)
+    def resident(self) -> dict[str, ModelInfo]:
+        """Resident and loading models, by name: a snapshot, not the pool's own records."""
+        return {
+            name: ModelInfo(
+                name=name,
+                family=e.spec.family,
+                random_weights=e.spec.random_weights,
+                status=e.status,
+                nbytes=e.nbytes,
+                load_seconds=e.load_seconds,
+                loaded_at=e.load_finished,
+                last_used=e.last_used,
+                running_batches=e.running,
+            )
+            for name, e in self._pool.entries.items()
+        }
 
     def canonical(self, name: object) -> str:
         """The one name the engine knows ``name``'s model by (:meth:`ModelLoader.canonical`).
@@ -442,22 +468,36 @@ class Engine:
                 spec = self._specs.get(self.canonical(name))
         return spec
 
-    def stats(self) -> dict[str, Any]:
-        return {
-            **self.counters,
-            "queued": self._queued,
-            "running_batches": len(self._running),
-            "free_slots": self._free,
-            "loads": self._pool.loads,
-            "load_failures": self._pool.load_failures,
-            "evictions": self._pool.evictions,
-            "resident": sorted(n for n, e in self._pool.entries.items() if e.status == "ready"),
-            "resident_bytes": self._pool.resident_bytes(),
-            "policy": self.policy.describe(),
-            "workers": self.workers,
-            "prefetch": self.prefetch,
-            "torch_threads": self.torch_threads,
-        }
+    def stats(self) -> EngineStats:
+        c = self.counters
+        return EngineStats(
+            submitted=c["submitted"],
+            completed=c["completed"],
+            failed=c["failed"],
+            cancelled=c["cancelled"],
+            rejected_queue_full=c["rejected_queue_full"],
+            batches=c["batches"],
+            batched_requests=c["batched_requests"],
+            queued=self._queued,
+            running_batches=len(self._running),
+            free_slots=self._free,
+            loads=self._pool.loads,
+            load_failures=self._pool.load_failures,
+            evictions=self._pool.evictions,
+            resident=tuple(sorted(n for n, e in self._pool.entries.items() if e.status == "ready")),
+            resident_bytes=self._pool.resident_bytes(),
+            policy=self._describe_policy(),
+            workers=self.workers,
+            prefetch=self.prefetch,
+            torch_threads=self.torch_threads,
+        )
+
+    def _describe_policy(self) -> Mapping[str, object]:
+        try:
+            return dict(self.policy.describe())
+        except Exception as exc:  # a plugin's bug must not take /metrics down
+            logger.exception("policy %r: describe() raised", self.policy.name)
+            return {"name": self.policy.name, "describe_error": repr(exc)}
 
     # -- the scheduler ---------------------------------------------------------------------
 
@@ -507,9 +547,15 @@ class Engine:
         now = self._clock.now()
         try:
             decisions = list(self.policy.decide(self._snapshot(), now))
+            wrong = [d for d in decisions if not isinstance(d, DECISIONS)]
+            if wrong:
+                raise PolicyError(
+                    f"returned {wrong[0]!r}, which is not a decision (Load, Evict, Dispatch, Fail or WakeAt)"
+                )
         except Exception as exc:
-            logger.exception("policy %r raised; failing the queued requests", self.policy.name)
-            error = PolicyError(f"policy {self.policy.name!r} raised {exc!r}")
+            logger.exception("policy %r failed; failing the queued requests", self.policy.name)
+            reason = str(exc) if isinstance(exc, PolicyError) else f"raised {exc!r}"
+            error = PolicyError(f"policy {self.policy.name!r} {reason}")
             for pending in [p for p in self._pending.values() if p.in_queue]:
                 self._drop_queued(pending)
                 self._settle_error(pending, error)
@@ -535,8 +581,8 @@ class Engine:
                 if pending is not None and pending.in_queue:
                     self._drop_queued(pending)
                     self._settle_error(pending, Rejected(decision.reason))
-        else:
-            logger.error("policy %r returned %r, which is not a decision", self.policy.name, decision)
+        else:  # unreachable: _tick checks every decision's type
+            raise AssertionError(decision)
 
     def _drop_queued(self, pending: _Pending) -> None:
         pending.in_queue = False
@@ -749,6 +795,7 @@ class Engine:
             result = ForecastResult(
                 request_id=pending.request.request_id,
                 model=spec.name,
+                family=spec.family,
                 random_weights=spec.random_weights,
                 policy=policy,
                 quantile_levels=pending.prepared.quantile_levels,

@@ -15,7 +15,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from .errors import PolicyError
-from .policy import Policy
+from .policy import Policy, SchedulingPolicy
 
 GROUP = "chronoserve.policies"
 
@@ -57,8 +57,9 @@ def _describe(obj: Any) -> str:
 def validate_policy(obj: Any, plugin: str) -> type[Any]:
     """Check that ``obj`` is a usable policy class and return it.
 
-    A policy class has a string ``name`` and a ``decide(state, now)`` method. It need not
-    subclass :class:`~chronoserve.policy.Policy`.
+    A policy class (:class:`~chronoserve.policy.SchedulingPolicy`) has a string ``name``, a
+    ``decide(state, now)`` method and a ``describe()`` method. It need not subclass
+    :class:`~chronoserve.policy.Policy` (which provides ``describe``).
     """
     where = f"policy plugin {plugin!r} ({_describe(obj)})"
     if not inspect.isclass(obj):
@@ -80,10 +81,19 @@ def validate_policy(obj: Any, plugin: str) -> type[Any]:
         raise PolicyError(
             f"{where}: `decide` must accept (self, state, now); found decide{inspect.signature(decide)}"
         ) from None
+    describe = getattr(obj, "describe", None)
+    if describe is None or not callable(describe):
+        raise PolicyError(f"{where}: has no method `describe(self)` (returning its settings; or subclass Policy)")
+    if inspect.iscoroutinefunction(describe):
+        raise PolicyError(f"{where}: `describe` must be a plain method, not async")
+    try:
+        inspect.signature(describe).bind(None)
+    except (TypeError, ValueError):
+        raise PolicyError(f"{where}: `describe` must take no argument but self") from None
     return obj
 
 
-def _instantiate(cls: type[Any], plugin: str, options: Mapping[str, Any]) -> Any:
+def _instantiate(cls: type[Any], plugin: str, options: Mapping[str, Any]) -> SchedulingPolicy:
     where = f"policy plugin {plugin!r} ({_describe(cls)})"
     try:
         inspect.signature(cls).bind(**options)
@@ -91,12 +101,13 @@ def _instantiate(cls: type[Any], plugin: str, options: Mapping[str, Any]) -> Any
         accepted = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
         raise PolicyError(f"{where}: bad options {dict(options)!r} ({exc}); it accepts {accepted}") from None
     try:
-        return cls(**options)
+        policy: SchedulingPolicy = cls(**options)
     except (TypeError, ValueError) as exc:
         raise PolicyError(f"{where}: {exc}") from exc
+    return policy
 
 
-def load_policy(spec: str | Policy | type[Any], options: Mapping[str, Any] | None = None) -> Any:
+def load_policy(spec: str | SchedulingPolicy | type[Any], options: Mapping[str, Any] | None = None) -> SchedulingPolicy:
     """Return a policy instance for ``spec``: an installed name, ``"module:Class"``, a class or an instance."""
     options = dict(options or {})
     if isinstance(spec, str):
@@ -113,7 +124,7 @@ def load_policy(spec: str | Policy | type[Any], options: Mapping[str, Any] | Non
             raise PolicyError(f"policy plugin {spec!r} ({eps[spec].value}): failed to load: {exc!r}") from exc
         cls = validate_policy(obj, spec)
         return _instantiate(cls, spec, options)
-    if inspect.isclass(spec):
+    if isinstance(spec, type):
         cls = validate_policy(spec, getattr(spec, "name", spec.__name__))
         return _instantiate(cls, cls.name, options)
     validate_policy(type(spec), getattr(spec, "name", type(spec).__name__))

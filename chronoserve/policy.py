@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,13 +117,27 @@ class WakeAt:
 
 
 Decision = Load | Evict | Dispatch | Fail | WakeAt
+#: The decision types, for ``isinstance`` checks.
+DECISIONS: tuple[type, ...] = (Load, Evict, Dispatch, Fail, WakeAt)
+
+
+class SchedulingPolicy(Protocol):
+    """What the engine needs of a policy; :func:`chronoserve.plugins.validate_policy` checks all of it
+    when a policy is loaded, so a plugin that lacks a part fails at start-up, naming the part."""
+
+    name: str
+
+    def decide(self, state: SchedulerState, now: float) -> Sequence[Decision]: ...
+
+    def describe(self) -> Mapping[str, object]: ...
 
 
 class Policy:
-    """Base class of scheduling policies (subclassing it is optional; the validator checks the shape).
+    """Base class of scheduling policies: implements :class:`SchedulingPolicy` but ``decide``.
 
-    Set :attr:`name` and implement :meth:`decide`. Options are constructor keyword
-    arguments; the engine passes ``policy_options`` to the constructor.
+    Subclassing it is optional (the validator checks the shape). Set :attr:`name` and implement
+    :meth:`decide`. Options are constructor keyword arguments; the engine passes
+    ``policy_options`` to the constructor.
     """
 
     name: ClassVar[str] = "policy"

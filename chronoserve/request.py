@@ -72,6 +72,8 @@ class ForecastResult:
 
     request_id: str
     model: str
+    family: str
+    """The model's family: ``chronos-2``, ``chronos-bolt``, ``chronos-t5`` (or a third party's)."""
     random_weights: bool
     policy: str
     quantile_levels: tuple[float, ...]
@@ -91,6 +93,7 @@ class ForecastResult:
         return {
             "request_id": self.request_id,
             "model": self.model,
+            "family": self.family,
             "random_weights": self.random_weights,
             "policy": self.policy,
             "quantile_levels": list(self.quantile_levels),

@@ -27,7 +27,7 @@ import numpy as np
 from .errors import ModelLoadError, UnknownModel
 from .executor import InlineExecutor
 from .models.base import Forecast, ModelBackend, ModelLoader, ModelSpec, PreparedRequest
-from .policy import ModelState, Policy, QueuedRequest, RunningBatch, SchedulerState
+from .policy import ModelState, QueuedRequest, RunningBatch, SchedulerState, SchedulingPolicy
 from .stopping import checkpoint
 
 __all__ = [
@@ -231,7 +231,7 @@ class FakeLoader(ModelLoader):
 
 
 def fake_engine(
-    policy: str | Policy | type[Policy] = "batched",
+    policy: str | SchedulingPolicy | type[Any] = "batched",
     *,
     loader: FakeLoader | None = None,
     clock: FakeClock | None = None,

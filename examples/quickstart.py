@@ -77,8 +77,8 @@ async def main() -> None:
         print(f"  +{h + 1}h  {first.median[h]:8.2f}  [{first.quantiles[h, 0]:.2f}, {first.quantiles[h, 2]:.2f}]")
     total = np.array([r.timings.total for r in results]) * 1000
     print(
-        f"then {len(results)} requests at once, policy {stats['policy']['name']}: {elapsed:.2f} s, "
-        f"{len(results) / elapsed:.0f} forecasts/s, {stats['batches'] - 1} batches "
+        f"then {len(results)} requests at once, policy {stats.policy['name']}: {elapsed:.2f} s, "
+        f"{len(results) / elapsed:.0f} forecasts/s, {stats.batches - 1} batches "
         f"(mean size {np.mean([r.batch_size for r in results]):.1f}), "
         f"cold starts {sum(r.cold_start for r in results)}"
     )

@@ -77,7 +77,7 @@ async def test_lru_keeps_models_resident_and_evicts_the_least_recently_used():
             assert result.batch_size == 1
         assert loader.loads == {"a": 1, "b": 2, "c": 1}
         assert set(engine.resident()) == {"a", "b"}
-        assert engine.stats()["evictions"] == 2
+        assert engine.stats().evictions == 2
 
 
 async def test_naive_loads_a_private_model_for_every_request_and_keeps_none():
@@ -122,7 +122,7 @@ async def test_a_thousand_concurrent_requests_all_answered_in_order():
     assert [r.request_id for r in results] == [r.request_id for r in requests]
     assert [float(r.median[0]) for r in results] == [float(i) for i in range(1000)]
     assert sum(loader.batch_sizes()) == 1000
-    assert engine.stats()["completed"] == 1000
+    assert engine.stats().completed == 1000
 
 
 async def test_cancelled_while_queued_is_dropped_without_poisoning_its_batch():
@@ -139,7 +139,7 @@ async def test_cancelled_while_queued_is_dropped_without_poisoning_its_batch():
         assert tasks[1].cancelled()
         assert [float(tasks[i].result().median[0]) for i in (0, 2, 3)] == [0.0, 2.0, 3.0]
     assert loader.batch_sizes() == [3]
-    assert engine.stats()["cancelled"] == 1
+    assert engine.stats().cancelled == 1
 
 
 async def test_a_model_that_fails_to_load_fails_its_requests_and_others_keep_serving():
@@ -152,7 +152,7 @@ async def test_a_model_that_fails_to_load_fails_its_requests_and_others_keep_ser
         assert float(results[1].median[0]) == 1.0
         # The engine is still healthy and will try the bad model again later.
         assert float((await engine.forecast(req("good", value=5))).median[0]) == 5.0
-    assert engine.stats()["load_failures"] >= 1
+    assert engine.stats().load_failures >= 1
 
 
 async def test_an_exception_inside_a_batch_fails_that_batch_only():
@@ -196,7 +196,7 @@ async def test_a_full_queue_refuses_at_once():
         await submit_all(engine, [req(), req()])
         with pytest.raises(QueueFull, match="2 requests"):
             await engine.submit(req())
-        assert engine.stats()["rejected_queue_full"] == 1
+        assert engine.stats().rejected_queue_full == 1
         clock.advance(1)
         await settle()
         await engine.submit(req())  # room again
@@ -283,6 +283,36 @@ class _Mixer(Policy):
             elif state.models[model].status == "ready" and state.free_workers:
                 out.append(Dispatch(model, tuple(r.seq for r in queue)))
         return out
+
+
+class _Confused(Policy):
+    name = "confused"
+
+    def decide(self, state, now):
+        return ["dispatch everything"] if state.queues else []
+
+
+class _BadDescribe(Policy):
+    name = "baddescribe"
+
+    def decide(self, state, now):
+        return []
+
+    def describe(self):
+        raise RuntimeError("no settings today")
+
+
+async def test_a_decision_of_the_wrong_type_fails_the_queued_requests_with_policy_error():
+    async with fake_engine(_Confused) as engine:
+        with pytest.raises(PolicyError, match="'dispatch everything', which is not a decision"):
+            await engine.forecast(req())
+        assert engine.stats().failed == 1 and engine.stats().queued == 0
+
+
+def test_a_describe_that_raises_does_not_take_stats_down():
+    engine = fake_engine(_BadDescribe)
+    policy = engine.stats().policy
+    assert policy["name"] == "baddescribe" and "no settings today" in str(policy["describe_error"])
 
 
 async def test_a_policy_that_raises_fails_the_queued_requests_not_the_engine():

@@ -148,8 +148,8 @@ async def test_a_thousand_concurrent_requests_on_a_real_model_none_lost():
         stats = engine.stats()
     assert [r.request_id for r in results] == [str(i) for i in range(1000)]
     assert [r.horizon for r in results] == [1 + i % 64 for i in range(1000)]
-    assert stats["completed"] == 1000
-    assert stats["batches"] < 1000  # they were batched
+    assert stats.completed == 1000
+    assert stats.batches < 1000  # they were batched
 
 
 async def test_load_failure_of_one_model_leaves_the_others_serving(tmp_path):

@@ -89,6 +89,23 @@ class _Inherits(Policy):
     name = "inherits"
 
 
+class _NoDescribe:
+    name = "nodescribe"
+
+    def decide(self, state, now):
+        return []
+
+
+class _DescribeWithArgs:
+    name = "describeargs"
+
+    def decide(self, state, now):
+        return []
+
+    def describe(self, verbose):
+        return {}
+
+
 @pytest.mark.parametrize(
     ("cls", "message"),
     [
@@ -97,6 +114,8 @@ class _Inherits(Policy):
         (_AsyncDecide, "not async"),
         (_WrongSignature, r"must accept \(self, state, now\)"),
         (_Inherits, "does not implement"),
+        (_NoDescribe, r"no method `describe\(self\)`"),
+        (_DescribeWithArgs, "no argument but self"),
     ],
 )
 def test_validator_says_what_is_wrong(cls, message):

@@ -257,7 +257,7 @@ async def test_client_disconnect_while_queued_drops_the_request():
             task.cancel()
             await asyncio.sleep(0.05)
             assert sum(engine.queue_depths().values()) == 0
-            assert engine.stats()["cancelled"] == 1
+            assert engine.stats().cancelled == 1
             r = await client.post("/forecast", json={"target": [5.0], "horizon_hours": 1})
             assert r.json()["median"] == [5.0]
 

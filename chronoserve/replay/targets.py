@@ -116,9 +116,9 @@ class InProcessTarget(Target):
         return {
             "label": self.label,
             "mode": "in-process",
-            "policy": stats["policy"],
-            "workers": stats["workers"],
-            "torch_threads": stats["torch_threads"],
+            "policy": dict(stats.policy),
+            "workers": stats.workers,
+            "torch_threads": stats.torch_threads,
         }
 
 

@@ -303,18 +303,18 @@ async def models(request: Request) -> Response:
     engine = runtime.engine
     resident = []
     if engine is not None:
-        for name, entry in sorted(engine.resident().items()):
+        for name, info in sorted(engine.resident().items()):
             resident.append(
                 {
                     "name": name,
-                    "family": entry.spec.family,
-                    "random_weights": entry.spec.random_weights,
-                    "status": entry.status,
-                    "bytes": entry.nbytes,
-                    "load_seconds": entry.load_seconds,
-                    "loaded_at": _iso_wall(engine, entry.load_finished),
-                    "last_used": _iso_wall(engine, entry.last_used) if entry.status == "ready" else None,
-                    "running_batches": entry.running,
+                    "family": info.family,
+                    "random_weights": info.random_weights,
+                    "status": info.status,
+                    "bytes": info.nbytes,
+                    "load_seconds": info.load_seconds,
+                    "loaded_at": _iso_wall(engine, info.loaded_at),
+                    "last_used": _iso_wall(engine, info.last_used) if info.status == "ready" else None,
+                    "running_batches": info.running_batches,
                 }
             )
     catalog = [

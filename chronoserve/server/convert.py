@@ -105,10 +105,10 @@ def _nan_lists(values: Mapping[str, list[float | None]] | None) -> dict[str, lis
     return {k: [float("nan") if v is None else v for v in vs] for k, vs in values.items()}
 
 
-def result_body(result: ForecastResult, prepared: Prepared, family: str) -> dict[str, Any]:
+def result_body(result: ForecastResult, prepared: Prepared) -> dict[str, Any]:
     return {
         "request_id": result.request_id,
-        "model": {"name": result.model, "family": family, "random_weights": result.random_weights},
+        "model": {"name": result.model, "family": result.family, "random_weights": result.random_weights},
         "policy": result.policy,
         "series": prepared.series,
         "timestamps": prepared.timestamps(result.horizon),

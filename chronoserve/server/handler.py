@@ -63,5 +63,4 @@ async def forecast_item(
         raise error_for(exc, prefix, http_field(exc.field, item)) from None
     except Exception as exc:
         raise error_for(exc, prefix) from None
-    spec = engine.spec(result.model)
-    return result_body(result, prepared, spec.family if spec is not None else "unknown")
+    return result_body(result, prepared)

@@ -48,9 +48,9 @@ class _EngineState(Collector):
             for model, n in sorted(engine.queue_depths().items()):
                 depth.add_metric([model], n)
             stats = engine.stats()
-            resident.add_metric([], len(stats["resident"]))
-            resident_bytes.add_metric([], stats["resident_bytes"])
-            running.add_metric([], stats["running_batches"])
+            resident.add_metric([], len(stats.resident))
+            resident_bytes.add_metric([], stats.resident_bytes)
+            running.add_metric([], stats.running_batches)
         yield depth
         yield resident
         yield resident_bytes
