@@ -10,7 +10,12 @@ timings mean anything), with context 240 and horizon 24, every request submitted
    worker threads with the same torch threads as the engine, with no engine at all (the limit);
 2. the engine with ``batched`` (max batch B), with ``lru`` and with ``naive``;
 3. the engine's overhead per request: the engine on a fake model that answers at once,
-   minus the fake model's own time.
+   minus the fake model's own time;
+4. the scheduling cost of a burst (``--bursts``): N requests submitted at once while their
+   model loads (the worst case: every worker is free, nothing can be dispatched), on a fake
+   model; event-loop time per request spent submitting and deciding, and the decisions taken.
+
+    python bench/engine.py --only-bursts         # just 4., bursts of 1k, 8k and 32k
 
 It prints the ratios against the raw loop. Timings vary with the machine and its load:
 compare only numbers from one run.
@@ -24,6 +29,7 @@ import json
 import os
 import platform
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -115,6 +121,61 @@ def fake_overhead(n: int, batch: int, workers: int) -> dict[str, float]:
     }
 
 
+async def _burst(n: int) -> dict[str, float]:
+    gate = threading.Event()
+
+    class LoadingLoader(FakeLoader):
+        def load(self, spec: Any) -> Any:  # the model loads until the burst is in
+            gate.wait(60)
+            return super().load(spec)
+
+    loader = LoadingLoader(specs={"fake": fake_spec("fake", max_horizon=64)})
+    requests = make_requests(n, 64, 8, model="fake")
+    engine = Engine("batched", policy_options={"max_batch": 32, "max_wait": 0.01}, loader=loader, workers=2)
+    ticks = [0, 0.0]
+    tick = engine._tick  # the snapshot, the policy's decide and carrying it out
+
+    def timed_tick() -> float | None:
+        start = time.perf_counter()
+        try:
+            return tick()
+        finally:
+            ticks[0] += 1
+            ticks[1] += time.perf_counter() - start
+
+    engine._tick = timed_tick  # type: ignore[method-assign]
+    async with engine:
+        await engine.submit(requests[0])  # names the model: its load starts
+        ticks[:] = [0, 0.0]
+        start = time.perf_counter()
+        futures = [await engine.submit(r) for r in requests[1:]]
+        for _ in range(3):  # the decisions the burst woke
+            await asyncio.sleep(0)
+        loop_seconds = time.perf_counter() - start
+        gate.set()
+        await asyncio.gather(*futures)
+    return {
+        "requests": n,
+        "decisions": ticks[0],
+        "decide_us_per_request": ticks[1] / n * 1e6,
+        "loop_us_per_request": loop_seconds / n * 1e6,
+    }
+
+
+def bursts(sizes: list[int]) -> list[dict[str, float]]:
+    print("\nscheduling a burst submitted while its model loads (fake model, batched B=32):")
+    rows = []
+    for n in sizes:
+        row = asyncio.run(_burst(n))
+        rows.append(row)
+        print(
+            f"  {n:>6d} requests: {row['decisions']:>6.0f} decisions, {row['decide_us_per_request']:8.2f} us of "
+            f"deciding and {row['loop_us_per_request']:8.2f} us of event loop per request",
+            flush=True,
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=2000)
@@ -127,7 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--torch-threads", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=3, help="raw loop and batched alternate this many times")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
+    parser.add_argument(
+        "--bursts", type=lambda t: [int(x) for x in t.split(",")], default=[1000, 8000, 32000], help="burst sizes"
+    )
+    parser.add_argument("--only-bursts", action="store_true", help="only the burst scheduling cost")
     args = parser.parse_args(argv)
+    if args.only_bursts:
+        bursts(args.bursts)
+        return 0
     torch_threads = args.torch_threads or max(1, (os.cpu_count() or 1) // args.workers)
     engine_kwargs = {"workers": args.workers, "torch_threads": torch_threads}
     requests = make_requests(args.requests, args.context, args.horizon)
@@ -180,12 +248,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"target: batched >= 0.9x raw: {'met' if batched_ratio >= 0.9 else 'NOT met'}; ", end="")
     print(f"overhead <= 100 us: {'met' if overhead['overhead_us_per_request'] <= 100 else 'NOT met'}")
+    burst_rows = bursts(args.bursts)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         meta = {"model": MODEL, "random_weights": True, "argv": sys.argv, **vars(args), "out": str(args.out)}
         summary = {"batched_ratio_median": batched_ratio, "batched_round_ratios": round_ratios}
         args.out.write_text(
-            json.dumps({"meta": meta, "rows": rows, "summary": summary, "overhead": overhead}, indent=2, default=str)
+            json.dumps(
+                {"meta": meta, "rows": rows, "summary": summary, "overhead": overhead, "bursts": burst_rows},
+                indent=2,
+                default=str,
+            )
         )
     return 0
 

@@ -42,6 +42,7 @@ from .policy import (
     Fail,
     Load,
     QueuedRequest,
+    QueueView,
     RunningBatch,
     SchedulerState,
     SchedulingPolicy,
@@ -362,10 +363,12 @@ class Engine:
         self.counters["submitted"] += 1
         self._notify("request_accepted", spec.name)
         future.add_done_callback(partial(self._on_done, seq))
-        if self._free > 0:
-            # A worker is idle: decide now rather than after every other task of this loop turn
-            # (in a burst of thousands of submissions that is the difference between dispatching
-            # the first batch after B submissions and after all of them).
+        if self._free > 0 and not cold:
+            # A worker is idle and the model is ready: decide now rather than after every other
+            # task of this loop turn (in a burst of thousands of submissions that is the
+            # difference between dispatching the first batch after B submissions and after all
+            # of them). A model that is not ready cannot be dispatched: one decision after the
+            # burst does (deciding on every submission made a burst during a load O(N^2)).
             self._decide()
         else:
             self._wake.set()
@@ -525,7 +528,9 @@ class Engine:
             self._timer = self._clock.call_at(wake_at, self._wake.set)
 
     def _snapshot(self) -> SchedulerState:
-        queues = {model: tuple(q) for model, q in self._queues.items() if q}
+        # Read-only views, not copies: a decision costs what the policy reads, not every queue
+        # (copying them made a burst of N submissions O(N^2)). Valid during decide() only.
+        queues = {model: QueueView(q) for model, q in self._queues.items() if q}
         sizes: dict[str, int] = {}
         for name in itertools.chain(queues, self._pool.entries):
             entry = self._pool.entries.get(name)

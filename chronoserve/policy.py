@@ -21,9 +21,9 @@ Decisions:
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal, Protocol
+from typing import ClassVar, Literal, Protocol, overload
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +69,47 @@ class RunningBatch:
     ephemeral: bool = False
 
 
+class QueueView(Sequence[QueuedRequest]):
+    """A read-only view of one of the engine's queues, handed to ``decide`` without a copy.
+
+    Indexing, slicing (a copy of the slice only), ``len`` and iteration; it reflects the
+    queue as it is while ``decide`` runs (the engine changes no queue meanwhile), so a policy
+    must not keep it past the call (copy what it needs: ``tuple(view[:n])``).
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: list[QueuedRequest]) -> None:
+        self._items = items
+
+    @overload
+    def __getitem__(self, index: int) -> QueuedRequest: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[QueuedRequest]: ...
+
+    def __getitem__(self, index: int | slice) -> QueuedRequest | Sequence[QueuedRequest]:
+        if isinstance(index, slice):
+            return tuple(self._items[index])
+        return self._items[index]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[QueuedRequest]:
+        return iter(self._items)
+
+    def __repr__(self) -> str:
+        return f"QueueView({len(self._items)} requests)"
+
+
 @dataclass(frozen=True, slots=True)
 class SchedulerState:
     """A snapshot of the engine, taken just before ``decide`` is called."""
 
     queues: Mapping[str, Sequence[QueuedRequest]]
-    """Per model, waiting requests in arrival order. Models with an empty queue are absent."""
+    """Per model, waiting requests in arrival order. Models with an empty queue are absent.
+    From the engine these are :class:`QueueView`s: valid during ``decide`` only."""
     models: Mapping[str, ModelState]
     """Resident and loading models."""
     running: Sequence[RunningBatch]

@@ -36,11 +36,18 @@ class BatchedPolicy(LRUPolicy):
     def describe(self) -> dict[str, object]:
         return {**super().describe(), "max_batch": self.max_batch, "max_wait": self.max_wait}
 
+    #: How many batches' worth of the queue's head one decision reads: ``slots * max_batch *
+    #: LOOKAHEAD`` requests. A backlog of N is then drained at a cost of O(N) in all, not O(N^2 / B)
+    #: (reading every waiting request for every batch); requests further back (later arrivals) are
+    #: read once those ahead of them have gone, or their group's Δt fires a decision.
+    LOOKAHEAD = 4
+
     def select_batches(
         self, queue: Sequence[QueuedRequest], now: float, slots: int, draining: bool
     ) -> tuple[list[tuple[int, ...]], float | None]:
         groups: dict[Hashable, list[QueuedRequest]] = {}
-        for request in queue:
+        window = max(1, slots) * self.max_batch * self.LOOKAHEAD
+        for request in queue[:window] if len(queue) > window else queue:
             groups.setdefault(request.key, []).append(request)
         batches: list[tuple[int, ...]] = []
         wake: float | None = None

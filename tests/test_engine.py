@@ -344,3 +344,50 @@ def test_blocking_engine_and_forecast_helper_from_sync_code():
     result = chronoserve.forecast(req(value=9), policy="naive", loader=FakeLoader())
     assert isinstance(result, chronoserve.ForecastResult)
     np.testing.assert_array_equal(result.median, np.full(4, 9.0, dtype=np.float32))
+
+
+# -- the cost of a burst -------------------------------------------------------------------------
+
+
+async def test_a_burst_during_a_load_costs_a_few_decisions_not_one_per_request():
+    import threading
+
+    from chronoserve.executor import InlineExecutor, ThreadExecutor
+    from chronoserve.policies.batched import BatchedPolicy
+
+    gate = threading.Event()
+
+    class GatedLoader(FakeLoader):
+        def load(self, spec):
+            gate.wait(30)  # the model loads until the burst is in
+            return super().load(spec)
+
+    class Counting(BatchedPolicy):
+        calls = 0
+
+        def decide(self, state, now):
+            self.calls += 1
+            return super().decide(state, now)
+
+    policy = Counting(max_batch=32, max_wait=0.0)
+    engine = chronoserve.Engine(
+        policy,
+        loader=GatedLoader(),
+        clock=FakeClock(),
+        executor=InlineExecutor(),
+        load_executor=ThreadExecutor(1, None, "test-load"),
+        resolve_executor=InlineExecutor(),
+        workers=1,
+    )
+    async with engine:
+        first = await engine.submit(req())
+        await settle()  # the load has started
+        before = policy.calls
+        try:
+            futures = [await engine.submit(req()) for _ in range(2000)]
+            await settle()
+            assert policy.calls - before <= 3  # one per loop turn that had news, not one per request
+        finally:
+            gate.set()
+        results = await asyncio.gather(first, *futures)
+    assert len(results) == 2001 and max(r.batch_size for r in results) == 32
