@@ -30,10 +30,7 @@ from ._cli_common import (
 )
 from .errors import ChronoserveError, InvalidRequest, PolicyError
 from .limits import DEFAULT_LIMITS
-
-#: The model of ``serve`` and ``forecast`` when none is named: the small Chronos-2 trained here on
-#: Beijing PM2.5 and shipped with the package (``chronoserve models list`` says how it was made).
-DEFAULT_MODEL = "chronos-2-pm25"
+from .models.catalog import DEFAULT_MODEL  # the small Chronos-2 trained here (`chronoserve models list`)
 
 
 def _read_series(args: argparse.Namespace) -> list[float]:

@@ -32,7 +32,15 @@ from .errors import (
 from .events import EngineObserver
 from .executor import Executor, ThreadExecutor
 from .limits import DEFAULT_LIMITS, Limits
-from .models.base import Forecast, ModelBackend, ModelLoader, ModelSpec, PreparedRequest, batch_key, covariate_signature
+from .models.base import (
+    BackendForecast,
+    ModelBackend,
+    ModelLoader,
+    ModelSpec,
+    PreparedRequest,
+    batch_key,
+    covariate_signature,
+)
 from .plugins import load_policy
 from .policy import (
     DECISIONS,
@@ -81,7 +89,7 @@ def default_workers() -> int:
 
 @dataclass(slots=True)
 class _BatchOutcome:
-    forecasts: list[Forecast]
+    forecasts: list[BackendForecast]
     load_seconds: float
     inference_seconds: float
 
@@ -771,7 +779,7 @@ class Engine:
     def _deliver(
         self,
         members: list[_Pending],
-        forecasts: Sequence[Forecast],
+        forecasts: Sequence[BackendForecast],
         started: float,
         ephemeral_load: float,
         inference: float,

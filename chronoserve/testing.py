@@ -26,7 +26,7 @@ import numpy as np
 
 from .errors import ModelLoadError, UnknownModel
 from .executor import InlineExecutor
-from .models.base import Forecast, ModelBackend, ModelLoader, ModelSpec, PreparedRequest
+from .models.base import BackendForecast, ModelBackend, ModelLoader, ModelSpec, PreparedRequest
 from .policy import ModelState, QueuedRequest, RunningBatch, SchedulerState, SchedulingPolicy
 from .stopping import checkpoint
 
@@ -164,7 +164,7 @@ class FakeModel(ModelBackend):
         self.batches: list[list[PreparedRequest]] = []
         self.closed = False
 
-    def predict(self, batch: Sequence[PreparedRequest]) -> list[Forecast]:
+    def predict(self, batch: Sequence[PreparedRequest]) -> list[BackendForecast]:
         self.batches.append(list(batch))
         self.started.set()
         if self.hang:
@@ -183,7 +183,7 @@ class FakeModel(ModelBackend):
             last = np.float32(observed[-1])
             median = np.full(request.horizon, last, dtype=np.float32)
             offsets = np.asarray(request.quantile_levels, dtype=np.float32) - np.float32(0.5)
-            out.append(Forecast(quantiles=median[:, None] + offsets[None, :], median=median))
+            out.append(BackendForecast(quantiles=median[:, None] + offsets[None, :], median=median))
         return out
 
     def close(self) -> None:

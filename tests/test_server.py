@@ -11,8 +11,9 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
+from chronoserve.models.catalog import DEFAULT_MODEL
 from chronoserve.server import ServerSettings, create_app
-from chronoserve.server.schemas import DEFAULT_MODEL, BatchOut, ForecastIn, ForecastOut, ModelsOut
+from chronoserve.server.schemas import BatchOut, ForecastIn, ForecastOut, ModelsOut
 from chronoserve.testing import FakeLoader, fake_spec
 
 FAKE = "random/chronos-bolt-tiny"  # a catalog name, served by the fake loader in these tests

@@ -1,7 +1,7 @@
 """Baseline forecasters with a model's output: a median and quantiles for a batch of contexts.
 
 Every baseline is called as ``baseline(contexts, horizon, levels)`` and returns one
-:class:`~chronoserve.models.base.Forecast` per context (``quantiles`` is ``(horizon,
+:class:`~chronoserve.models.base.BackendForecast` per context (``quantiles`` is ``(horizon,
 len(levels))`` in the order of ``levels``, float32), like a model backend.
 
 Gaps. statsforecast refuses NaN; fev's wrapper (``models/statsforecast/model.py``) forward-fills
@@ -48,11 +48,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from chronoserve.models.base import Forecast
+from chronoserve.models.base import BackendForecast
 
 Float64Array = npt.NDArray[np.float64]
-#: ``baseline(contexts, horizon, levels) -> one Forecast per context``.
-Baseline = Callable[[Sequence[npt.ArrayLike], int, Sequence[float]], list[Forecast]]
+#: ``baseline(contexts, horizon, levels) -> one BackendForecast per context``.
+Baseline = Callable[[Sequence[npt.ArrayLike], int, Sequence[float]], list[BackendForecast]]
 
 #: fev's cap on the context given to statsforecast models.
 MAX_CONTEXT = 1000
@@ -94,10 +94,10 @@ def fill_gaps(context: npt.ArrayLike) -> Float64Array:
     return x[idx]
 
 
-def _normal_forecast(point: Float64Array, sigma_h: Float64Array, levels: list[float]) -> Forecast:
+def _normal_forecast(point: Float64Array, sigma_h: Float64Array, levels: list[float]) -> BackendForecast:
     z = np.array([NormalDist().inv_cdf(q) for q in levels], dtype=np.float64)
     quantiles = point[:, None] + sigma_h[:, None] * z[None, :]
-    return Forecast(quantiles=quantiles.astype(np.float32), median=point.astype(np.float32))
+    return BackendForecast(quantiles=quantiles.astype(np.float32), median=point.astype(np.float32))
 
 
 def _each(contexts: Sequence[npt.ArrayLike]) -> list[Float64Array]:
@@ -110,7 +110,7 @@ def _each(contexts: Sequence[npt.ArrayLike]) -> list[Float64Array]:
     return out
 
 
-def naive(contexts: Sequence[npt.ArrayLike], horizon: int, levels: Sequence[float]) -> list[Forecast]:
+def naive(contexts: Sequence[npt.ArrayLike], horizon: int, levels: Sequence[float]) -> list[BackendForecast]:
     """The last observed value, with statsforecast ``Naive``'s normal quantiles (module docstring)."""
     h, lv = _horizon(horizon), _levels(levels)
     out = []
@@ -124,7 +124,7 @@ def naive(contexts: Sequence[npt.ArrayLike], horizon: int, levels: Sequence[floa
 
 def seasonal_naive(
     contexts: Sequence[npt.ArrayLike], horizon: int, levels: Sequence[float], *, season: int = SEASON
-) -> list[Forecast]:
+) -> list[BackendForecast]:
     """The value one season earlier, with statsforecast ``SeasonalNaive``'s normal quantiles.
 
     A context shorter than ``season`` raises :class:`ValueError` (statsforecast would return NaN
@@ -158,7 +158,7 @@ def _statsforecast(
     levels: Sequence[float],
     season: int,
     max_context: int | None,
-) -> list[Forecast]:
+) -> list[BackendForecast]:
     h, lv = _horizon(horizon), _levels(levels)
     if max_context is not None and (isinstance(max_context, bool) or max_context < 1):
         raise ValueError(f"max_context must be a positive integer or None, got {max_context!r}")
@@ -188,7 +188,7 @@ def _statsforecast(
             logger.warning("%s failed (%s: %s); falling back to seasonal_naive", name, type(exc).__name__, exc)
             out.extend(seasonal_naive([y], h, lv, season=season))
             continue
-        out.append(Forecast(quantiles=quantiles.astype(np.float32), median=point.astype(np.float32)))
+        out.append(BackendForecast(quantiles=quantiles.astype(np.float32), median=point.astype(np.float32)))
     return out
 
 
@@ -199,7 +199,7 @@ def auto_theta(
     *,
     season: int = SEASON,
     max_context: int | None = MAX_CONTEXT,
-) -> list[Forecast]:
+) -> list[BackendForecast]:
     """statsforecast ``AutoTheta(season_length=season)`` on each filled, capped context."""
     return _statsforecast("AutoTheta", contexts, horizon, levels, season, max_context)
 
@@ -211,7 +211,7 @@ def auto_arima(
     *,
     season: int = SEASON,
     max_context: int | None = MAX_CONTEXT,
-) -> list[Forecast]:
+) -> list[BackendForecast]:
     """statsforecast ``AutoARIMA(season_length=season)`` on each filled, capped context (slow:
     seconds per window at a context of a few hundred hours)."""
     return _statsforecast("AutoARIMA", contexts, horizon, levels, season, max_context)

@@ -75,7 +75,7 @@ class PreparedRequest:
 
 
 @dataclass(frozen=True)
-class Forecast:
+class BackendForecast:
     """A backend's answer for one request: ``quantiles`` is ``(horizon, len(levels))``."""
 
     quantiles: FloatArray
@@ -115,7 +115,7 @@ class ModelBackend:
     nbytes: int
     """Resident size in bytes, measured after loading."""
 
-    def predict(self, batch: Sequence[PreparedRequest]) -> list[Forecast]:
+    def predict(self, batch: Sequence[PreparedRequest]) -> list[BackendForecast]:
         """Forecast every request of ``batch`` and return the answers in the same order.
 
         Blocking; the engine calls it in a worker thread. Requests in one batch always

@@ -386,6 +386,9 @@ _ENTRIES: tuple[CatalogEntry, ...] = (
 
 #: The small Chronos-2 trained here on Beijing PM2.5 (see ``pretrained/chronos-2-pm25/README.md``).
 PM25_MODEL = "chronos-2-pm25"
+#: The model of ``serve``, ``forecast``, ``eval`` and HTTP requests that name none: the one
+#: defined here, imported everywhere else.
+DEFAULT_MODEL = PM25_MODEL
 
 _TRAINED: tuple[CatalogEntry, ...] = (
     CatalogEntry(

@@ -1,7 +1,7 @@
 """The three torch backends: Chronos-Bolt, Chronos-2 and Chronos-T5.
 
 Each backend feeds tensors straight to the pipeline's inner model (no DataFrames, no
-``predict_df``) under ``torch.inference_mode()`` and returns one :class:`Forecast` per request.
+``predict_df``) under ``torch.inference_mode()`` and returns one :class:`BackendForecast` per request.
 
 - **Bolt** NaN-left-pads the contexts to the longest in the batch and runs the model in chunks
   of at most :data:`MAX_ROWS` rows. A request alone gives upstream ``predict_quantiles``'s
@@ -43,8 +43,8 @@ from chronoserve.models.base import (
     CHRONOS_2,
     CHRONOS_BOLT,
     CHRONOS_T5,
+    BackendForecast,
     FloatArray,
-    Forecast,
     ModelBackend,
     ModelSpec,
     PreparedRequest,
@@ -103,7 +103,7 @@ class BoltBackend(TorchBackend):
         self.native_levels = tuple(float(q) for q in pipeline.quantiles)
         self.prediction_length = int(pipeline.model_prediction_length)
 
-    def predict(self, batch: Sequence[PreparedRequest]) -> list[Forecast]:
+    def predict(self, batch: Sequence[PreparedRequest]) -> list[BackendForecast]:
         self._check(batch, self.prediction_length)
         if not batch:
             return []
@@ -131,9 +131,9 @@ class Chronos2Backend(TorchBackend):
         self.patch = int(pipeline.model_output_patch_size)
         self.max_horizon = int(pipeline.max_output_patches) * self.patch
 
-    def predict(self, batch: Sequence[PreparedRequest]) -> list[Forecast]:
+    def predict(self, batch: Sequence[PreparedRequest]) -> list[BackendForecast]:
         self._check(batch, self.max_horizon)
-        results: list[Forecast | None] = [None] * len(batch)
+        results: list[BackendForecast | None] = [None] * len(batch)
         # Requests with different numbers of output patches never share a forward pass: the
         # number changes the forecast. The engine sends one number per batch; this is a guard.
         by_patches: dict[int, list[int]] = {}
@@ -230,9 +230,9 @@ class T5Backend(TorchBackend):
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be at least 1, not {self.num_samples}")
 
-    def predict(self, batch: Sequence[PreparedRequest]) -> list[Forecast]:
+    def predict(self, batch: Sequence[PreparedRequest]) -> list[BackendForecast]:
         self._check(batch, self.prediction_length)
-        results: list[Forecast] = []
+        results: list[BackendForecast] = []
         per_chunk = max(1, MAX_ROWS // self.num_samples)
         with torch.inference_mode():
             for start in range(0, len(batch), per_chunk):
@@ -430,7 +430,7 @@ def _chunks(sizes: Sequence[int], cap: int) -> Iterator[list[int]]:
         yield chunk
 
 
-def _quantile_forecast(native_levels: Sequence[float], native: FloatArray, levels: Sequence[float]) -> Forecast:
+def _quantile_forecast(native_levels: Sequence[float], native: FloatArray, levels: Sequence[float]) -> BackendForecast:
     """``native`` is ``(H, len(native_levels))``; pick or interpolate ``levels``, and the median.
 
     Levels on the native grid are copied; others are interpolated linearly between the two
@@ -439,18 +439,18 @@ def _quantile_forecast(native_levels: Sequence[float], native: FloatArray, level
     upstream Bolt's ``torch.quantile`` over the padded grid sorts them first and differs.
     """
     native = np.ascontiguousarray(native, dtype=np.float32)
-    return Forecast(
+    return BackendForecast(
         quantiles=interpolate_quantiles(native_levels, native, levels),
         median=np.ascontiguousarray(interpolate_quantiles(native_levels, native, [0.5])[:, 0]),
     )
 
 
-def _sample_forecast(samples: torch.Tensor, levels: Sequence[float]) -> Forecast:
+def _sample_forecast(samples: torch.Tensor, levels: Sequence[float]) -> BackendForecast:
     """Empirical quantiles over samples ``(S, H)``, like upstream ``ChronosPipeline.predict_quantiles``."""
     per_step = samples.T.contiguous()  # (H, S)
     q = torch.quantile(per_step, q=torch.tensor(list(levels), dtype=per_step.dtype), dim=-1)  # (Q, H)
     median = torch.quantile(per_step, q=0.5, dim=-1)
-    return Forecast(
+    return BackendForecast(
         quantiles=np.ascontiguousarray(q.T.numpy(), dtype=np.float32),
         median=np.ascontiguousarray(median.numpy(), dtype=np.float32),
     )

@@ -89,9 +89,10 @@ class InProcessTarget(Target):
     async def send(self, request: Any) -> Outcome:
         import orjson
 
+        from chronoserve.models.catalog import DEFAULT_MODEL
         from chronoserve.server.errors import HTTPError
         from chronoserve.server.handler import forecast_item
-        from chronoserve.server.schemas import DEFAULT_MODEL, ForecastIn
+        from chronoserve.server.schemas import ForecastIn
 
         assert self.engine is not None and self.store is not None, "call start() first"
         try:  # the server's own parse: JSON bytes, strict types

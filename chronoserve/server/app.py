@@ -31,13 +31,13 @@ from chronoserve.engine import Engine
 from chronoserve.errors import ChronoserveError, ModelLoadError
 from chronoserve.limits import DEFAULT_LIMITS, MAX_ANSWER_VALUES, Limits, answer_values
 from chronoserve.models.base import ModelLoader
-from chronoserve.models.catalog import CATALOG, find_entry
+from chronoserve.models.catalog import CATALOG, DEFAULT_MODEL, find_entry
 
 from .body import ClientGone, read_body
 from .errors import HTTPError, invalid, validation_error
 from .handler import forecast_item
 from .metrics import ServerMetrics
-from .schemas import DEFAULT_MODEL, BatchIn, ForecastIn, openapi_document
+from .schemas import BatchIn, ForecastIn, openapi_document
 
 logger = logging.getLogger("chronoserve.server")
 ModelT = TypeVar("ModelT", bound=BaseModel)

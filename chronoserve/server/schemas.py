@@ -33,10 +33,9 @@ from chronoserve.limits import (
     MAX_SERIES_POINTS,
     MIN_FREQ_HOURS,
 )
+from chronoserve.models.catalog import DEFAULT_MODEL
 from chronoserve.request import MAX_ABS_VALUE
 
-#: The small Chronos-2 trained here on Beijing PM2.5 and shipped with chronoserve (real forecasts).
-DEFAULT_MODEL = "chronos-2-pm25"
 DEFAULT_CONTEXT_HOURS = 512
 MAX_BATCH_ITEMS = 1000
 
