@@ -158,7 +158,7 @@ def test_max_context_caps_the_default_context(store: SeriesStore) -> None:
     assert w.context_start == START
     with pytest.raises(InvalidRequest) as excinfo:
         store.window("dongsi", horizon=12, context=600, max_context=512)
-    assert field_of(excinfo) == "context_hours"
+    assert field_of(excinfo) == "context"
 
 
 def test_window_arithmetic_matches_the_csv_rows(store: SeriesStore) -> None:
@@ -240,14 +240,14 @@ def test_window_arrays_are_fresh_copies(store: SeriesStore) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
-        ({"horizon": 0}, "horizon_hours"),
-        ({"horizon": -3}, "horizon_hours"),
-        ({"horizon": True}, "horizon_hours"),
-        ({"horizon": 2.5}, "horizon_hours"),
-        ({"horizon": 10**9}, "horizon_hours"),
-        ({"horizon": 24, "context": 0}, "context_hours"),
-        ({"horizon": 24, "context": ROWS + 1}, "context_hours"),
-        ({"horizon": 24, "context": "48"}, "context_hours"),
+        ({"horizon": 0}, "horizon"),
+        ({"horizon": -3}, "horizon"),
+        ({"horizon": True}, "horizon"),
+        ({"horizon": 2.5}, "horizon"),
+        ({"horizon": 10**9}, "horizon"),
+        ({"horizon": 24, "context": 0}, "context"),
+        ({"horizon": 24, "context": ROWS + 1}, "context"),
+        ({"horizon": 24, "context": "48"}, "context"),
         ({"horizon": 24, "end": datetime(2016, 7, 1, 0)}, "end"),  # no history before it
         ({"horizon": 24, "end": datetime(2016, 6, 1)}, "end"),
         ({"horizon": 24, "end": datetime(2017, 1, 1, 1)}, "end"),  # after last + 1h
@@ -257,11 +257,11 @@ def test_window_arrays_are_fresh_copies(store: SeriesStore) -> None:
         ({"horizon": 24, "end": "2016-08-01T00:00+08:00"}, "end"),
         ({"horizon": 24, "end": "yesterday"}, "end"),
         ({"horizon": 24, "end": 1470000000}, "end"),
-        ({"horizon": 24, "known_future": True}, "known_future_covariates"),
-        ({"horizon": 24, "covariates": True, "known_future": True}, "known_future_covariates"),  # past the data
+        ({"horizon": 24, "known_future": True}, "known_future"),
+        ({"horizon": 24, "covariates": True, "known_future": True}, "known_future"),  # past the data
         (
             {"horizon": 24, "end": datetime(2016, 12, 31, 1), "covariates": True, "known_future": True},
-            "known_future_covariates",
+            "known_future",
         ),
     ],
 )
@@ -274,19 +274,19 @@ def test_errors_name_their_field(store: SeriesStore, kwargs: dict[str, object], 
 def test_unknown_series_names_city_and_lists_known_ids(store: SeriesStore) -> None:
     with pytest.raises(InvalidRequest) as excinfo:
         store.window("dongsy", horizon=24)
-    assert field_of(excinfo) == "city"
+    assert field_of(excinfo) == "series"
     assert "dongsi" in excinfo.value.message
     assert "12 in all" in excinfo.value.message
     with pytest.raises(InvalidRequest) as excinfo:
         store.info("paris")
-    assert field_of(excinfo) == "city"
+    assert field_of(excinfo) == "series"
     assert "aotizhongxin" in excinfo.value.message
 
 
 def test_context_longer_than_the_history_says_what_is_available(store: SeriesStore) -> None:
     with pytest.raises(InvalidRequest, match="only 10 hours") as excinfo:
         store.window("dongsi", horizon=1, context=11, end=START + 10 * HOUR)
-    assert field_of(excinfo) == "context_hours"
+    assert field_of(excinfo) == "context"
 
 
 def test_context_without_any_observation(tmp_path: Path) -> None:
@@ -296,7 +296,7 @@ def test_context_without_any_observation(tmp_path: Path) -> None:
     store = SeriesStore.from_dir(tmp_path)
     with pytest.raises(InvalidRequest, match="no observed PM2.5 value in the 5 hours") as excinfo:
         store.window("holey", horizon=1, context=5, end=datetime(2020, 1, 1, 8))
-    assert field_of(excinfo) == "context_hours"
+    assert field_of(excinfo) == "context"
     w = store.window("holey", horizon=1, context=6, end=datetime(2020, 1, 1, 8))
     assert np.isnan(w.target[1:]).all()
     assert w.target[0] == 2.0
@@ -308,7 +308,7 @@ def test_covariates_asked_of_a_series_without_any(tmp_path: Path) -> None:
     assert store.info("bare").covariates == ()
     with pytest.raises(InvalidRequest) as excinfo:
         store.window("bare", horizon=1, covariates=True)
-    assert field_of(excinfo) == "use_covariates"
+    assert field_of(excinfo) == "covariates"
 
 
 # --- from_dir and CSV validation -------------------------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from chronoserve.data import SeriesStore
+from chronoserve.eval.aggregate import relative_rows, summary_rows
 from chronoserve.eval.grid import (
     COVARIATES,
     SettingsMismatch,
@@ -23,7 +24,6 @@ from chronoserve.eval.grid import (
     configurations,
     covariate_sets,
 )
-from chronoserve.eval.report import relative_rows, summary_rows
 from chronoserve.eval.rundir import SweepProgress
 from chronoserve.eval.sweep import run_sweep
 from chronoserve.events import EngineObserver

@@ -422,7 +422,7 @@ def test_check_trace_names_what_cannot_be_served(store):
     problems = check_trace(bad, store)
     assert [p.split(":")[0] for p in problems] == ["r-0", "r-1", "r-2", "r-3", "r-4"]
     assert "use_covariates" in problems[0] and "horizon_hours" in problems[1] and "end" in problems[2]
-    assert "city" in problems[3] and "model_name" in problems[4]
+    assert problems[3].startswith("r-3: city: unknown series 'atlantis'") and "model_name" in problems[4]
 
 
 # ---------------------------------------------------------------------------------------------

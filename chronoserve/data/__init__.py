@@ -5,13 +5,30 @@
 ``SeriesStore.from_dir(path)`` loads every ``*.csv`` of the same layout in ``path``:
 ``timestamp`` (naive local hours, one row per hour), any numeric covariate columns, and the
 ``pm25`` target; empty cells are missing values. ``SeriesStore.window`` cuts the context and
-the horizon for one forecast.
+the horizon for one forecast. ``read_series(path)`` reads one such CSV on its own (the one
+reader of the format: the store and ``chronoserve models train`` both use it).
+
+- :mod:`chronoserve.data._reader`: the CSV format and its reader (:class:`Series`, :class:`SeriesInfo`);
+- :mod:`chronoserve.data._window`: :class:`Window` and the checks of one forecast's window;
+- :mod:`chronoserve.data._store`: :class:`SeriesStore`.
 
 Importing this module is cheap: numpy and the standard library only (no torch, no pandas).
 """
 
 from __future__ import annotations
 
-from ._store import FREQ, MAX_HORIZON, TARGET, TIMESTAMP, SeriesInfo, SeriesStore, Window
+from ._reader import FREQ, TARGET, TIMESTAMP, Series, SeriesInfo, read_series
+from ._store import SeriesStore
+from ._window import MAX_HORIZON, Window
 
-__all__ = ["FREQ", "MAX_HORIZON", "TARGET", "TIMESTAMP", "SeriesInfo", "SeriesStore", "Window"]
+__all__ = [
+    "FREQ",
+    "MAX_HORIZON",
+    "TARGET",
+    "TIMESTAMP",
+    "Series",
+    "SeriesInfo",
+    "SeriesStore",
+    "Window",
+    "read_series",
+]

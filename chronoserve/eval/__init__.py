@@ -8,9 +8,13 @@
   AutoTheta / AutoARIMA, each returning a model's output (median and quantiles).
 - :mod:`chronoserve.eval.grid`: ``chronoserve eval``'s settings and grid of configurations;
   :mod:`chronoserve.eval.rundir`: its resumable run directory and progress lines;
-  :mod:`chronoserve.eval.sweep`: its runner (:func:`run_sweep`), on the server's engine;
-  :mod:`chronoserve.eval.report` and :mod:`chronoserve.eval.plots` its tables and PNGs; :mod:`chronoserve.eval.perf` the
-  ``--perf`` mode (:func:`run_perf`).
+  :mod:`chronoserve.eval.sweep`: its runner (:func:`run_sweep`), on the server's engine, over
+  the windows of :mod:`chronoserve.eval.cells`, with the model and baseline lanes of
+  :mod:`chronoserve.eval.lanes`;
+- :mod:`chronoserve.eval.aggregate`: per-series means and scores relative to seasonal naive;
+  :mod:`chronoserve.eval.report` (CSV) and :mod:`chronoserve.eval.markdown` (``summary.md``) its
+  tables; :mod:`chronoserve.eval.plots` its PNGs, with the forecasts of
+  :mod:`chronoserve.eval.examples`; :mod:`chronoserve.eval.perf` the ``--perf`` mode (:func:`run_perf`).
 
 numpy only at import: the sweep's names are imported on first use, statsforecast when a
 statsforecast baseline runs, the engine and matplotlib when a sweep runs.

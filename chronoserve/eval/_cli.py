@@ -12,10 +12,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from chronoserve.cli import positive_int
+from chronoserve._cli_common import UsageError, positive_int
+from chronoserve.models.catalog import DEFAULT_MODEL
 
 DEFAULT_OUT = "results/eval"
-DEFAULT_MODELS = "chronos-2-pm25"
+DEFAULT_MODELS = DEFAULT_MODEL
 INSTALL_HINT = "pip install 'chronoserve[eval]'"
 
 
@@ -155,8 +156,6 @@ def register(subparsers: Any, add_engine_options: Any, engine_kwargs: Any) -> ar
 
 
 def _usage(message: str) -> Exception:
-    from chronoserve.cli import UsageError
-
     return UsageError(message)
 
 
@@ -244,8 +243,8 @@ def cmd_eval(args: argparse.Namespace, engine_kwargs: Any) -> int:
 
 
 def _sweep(args: argparse.Namespace, settings: Any, store: Any, specs: Any, options: dict[str, Any]) -> int:
+    from chronoserve.eval.aggregate import relative_rows
     from chronoserve.eval.grid import SettingsMismatch, SweepError
-    from chronoserve.eval.report import relative_rows
     from chronoserve.eval.sweep import run_sweep
 
     random_models = [m for m, s in specs.items() if s.random_weights]

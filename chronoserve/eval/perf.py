@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from chronoserve.data import SeriesStore
+from chronoserve.eval.cells import WindowSet
 from chronoserve.eval.grid import Config, SweepSettings, configurations, display_covariates, model_label
-from chronoserve.eval.sweep import WindowSet, window_request
+from chronoserve.eval.lanes import window_request
 
 if TYPE_CHECKING:
     from chronoserve.models.base import ModelSpec

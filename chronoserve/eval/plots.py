@@ -24,8 +24,7 @@ from typing import Any
 import numpy as np
 
 from chronoserve._plotting import pyplot, save
-from chronoserve.eval.grid import ANCHOR, SweepSettings, display_covariates
-from chronoserve.eval.report import (
+from chronoserve.eval.aggregate import (
     Variant,
     closest,
     mean_across_series,
@@ -34,8 +33,9 @@ from chronoserve.eval.report import (
     variants,
     window_scores,
 )
+from chronoserve.eval.examples import Example
+from chronoserve.eval.grid import ANCHOR, SweepSettings, display_covariates
 from chronoserve.eval.rundir import ConfigResult
-from chronoserve.eval.sweep import Example
 
 
 def _covariate_suffix(settings: SweepSettings) -> str:

@@ -19,8 +19,20 @@ from chronoserve.request import ForecastRequest, ForecastResult
 
 from .schemas import DEFAULT_CONTEXT_HOURS, ForecastIn
 
-#: Engine field names -> the HTTP API's names, for error locations.
-_HTTP_FIELDS = {"horizon": "horizon_hours", "context_length": "context_hours", "model": "model_name"}
+#: The names an :class:`InvalidRequest` gives -> the HTTP API's names, for error locations: the
+#: engine's (:class:`ForecastRequest` fields) and the series store's (:meth:`SeriesStore.window`
+#: parameters). ``horizon`` is both; ``end`` and the others keep their name.
+_HTTP_FIELDS = {
+    # the engine
+    "horizon": "horizon_hours",
+    "context_length": "context_hours",
+    "model": "model_name",
+    # the series store
+    "series": "city",
+    "context": "context_hours",
+    "covariates": "use_covariates",
+    "known_future": "known_future_covariates",
+}
 
 
 @dataclass
@@ -40,7 +52,8 @@ class Prepared:
 
 
 def http_field(field_name: str, item: ForecastIn) -> str:
-    """The HTTP field to blame for an engine-side :class:`InvalidRequest` on ``field_name``."""
+    """The HTTP field to blame for an :class:`InvalidRequest` on ``field_name`` from the engine or
+    the series store (the only place their names are turned into the HTTP API's)."""
     head, _, rest = field_name.partition(".")
     if item.city is not None:
         if head in ("past_covariates", "future_covariates"):

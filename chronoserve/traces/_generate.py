@@ -331,6 +331,16 @@ def generate(
 # Checking
 
 
+#: The store's argument names (``SeriesStore.window``) -> a trace request's keys.
+_TRACE_KEYS = {
+    "series": "city",
+    "horizon": "horizon_hours",
+    "context": "context_hours",
+    "covariates": "use_covariates",
+    "known_future": "known_future_covariates",
+}
+
+
 def check_trace(trace: Trace, store: SeriesStore | None = None) -> list[str]:
     """What would go wrong replaying ``trace`` against ``store`` (default: the embedded data).
 
@@ -363,8 +373,8 @@ def check_trace(trace: Trace, store: SeriesStore | None = None) -> list[str]:
                 covariates=r.use_covariates,
                 known_future=r.known_future_covariates,
             )
-        except InvalidRequest as exc:
-            problems.append(f"{r.request_id}: {exc}")
+        except InvalidRequest as exc:  # named by the trace's keys, not the store's arguments
+            problems.append(f"{r.request_id}: {_TRACE_KEYS.get(exc.field, exc.field)}: {exc.message}")
             continue
         if r.end is not None and (window.actual is None or not np.any(~np.isnan(window.actual))):
             problems.append(f"{r.request_id}: horizon_hours: no observed value over the horizon to score against")
