@@ -11,6 +11,8 @@ import argparse
 import math
 from typing import Any
 
+from .settings import EngineSettings
+
 
 class UsageError(Exception):
     """A bad command line: printed as ``error: ...`` with exit code 2."""
@@ -71,8 +73,9 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model dtype")
 
 
-def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """Engine constructor arguments from :func:`add_engine_options`' flags."""
+def engine_settings(args: argparse.Namespace, **more: Any) -> EngineSettings:
+    """The one :class:`~chronoserve.settings.EngineSettings` of a command, from :func:`add_engine_options`'
+    flags (and ``more`` fields a command adds: ``max_queue``, ``limits``)."""
     options: dict[str, Any] = {}
     if args.max_batch is not None:
         options["max_batch"] = args.max_batch
@@ -82,11 +85,17 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         options["max_resident"] = args.max_resident
     if args.memory_budget is not None:
         options["memory_budget"] = args.memory_budget
-    return {
-        "policy": args.policy,
-        "policy_options": options,
-        "workers": args.workers,
-        "torch_threads": args.torch_threads,
-        "device": args.device,
-        "dtype": args.dtype,
-    }
+    return EngineSettings(
+        policy=args.policy,
+        policy_options=options,
+        workers=args.workers,
+        torch_threads=args.torch_threads,
+        device=args.device,
+        dtype=args.dtype,
+        **more,
+    )
+
+
+def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Engine constructor arguments (with the loader) from :func:`add_engine_options`' flags."""
+    return engine_settings(args).engine_kwargs()

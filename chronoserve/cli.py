@@ -22,6 +22,7 @@ from ._cli_common import (
     UsageError,
     add_engine_options,
     engine_kwargs,
+    engine_settings,
     non_negative_int,
     positive_float,
     positive_int,
@@ -29,7 +30,7 @@ from ._cli_common import (
     quantiles,
 )
 from .errors import ChronoserveError, InvalidRequest, PolicyError
-from .limits import DEFAULT_LIMITS
+from .limits import DEFAULT_LIMITS, Limits
 from .models.catalog import DEFAULT_MODEL  # the small Chronos-2 trained here (`chronoserve models list`)
 
 
@@ -108,27 +109,22 @@ def cmd_policies(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .server import ServerSettings, run
 
-    kwargs = engine_kwargs(args)
     models = tuple(m.strip() for m in (args.models or "").split(",") if m.strip())
     if args.data is not None and not Path(args.data).is_dir():
         raise UsageError(f"--data: not a directory: {args.data}")
+    limits = Limits(
+        max_covariates=args.max_covariates,
+        max_request_gflop=args.max_request_gflop,
+        max_inference_seconds=args.max_inference_seconds,
+    )
     settings = ServerSettings(
-        policy=kwargs["policy"],
-        policy_options=kwargs["policy_options"],
-        workers=kwargs["workers"],
-        torch_threads=kwargs["torch_threads"],
-        device=kwargs["device"],
-        dtype=kwargs["dtype"],
-        max_queue=args.max_queue,
+        engine=engine_settings(args, max_queue=args.max_queue, limits=limits),
         models=models,
         default_model=args.default_model,
         warmup=not args.no_warmup,
         data=args.data,
         max_body_bytes=args.max_body_bytes,
         drain_timeout=args.drain_timeout,
-        max_covariates=args.max_covariates,
-        max_request_gflop=args.max_request_gflop,
-        max_inference_seconds=args.max_inference_seconds,
         header_timeout=args.header_timeout,
         body_timeout=args.body_timeout,
         keep_alive_timeout=args.keep_alive_timeout,
@@ -143,12 +139,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _check_serve_settings(settings: Any) -> None:
     """Fail fast, before binding a port, on options that cannot work."""
     from .data import SeriesStore
-    from .models.loader import ChronosLoader
     from .plugins import load_policy
 
-    load_policy(settings.policy, settings.policy_options)
+    load_policy(settings.engine.policy, settings.engine.policy_options)
     # Names are checked (no weights read, no torch) so a typo fails here, not as a server never ready.
-    loader = ChronosLoader(device=settings.device, dtype=settings.dtype)
+    loader = settings.engine.loader()
     named = [("--default-model", settings.default_model), *(("--models", m) for m in settings.models)]
     for flag, name in named:
         try:
@@ -178,8 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .traces._cli import register as register_trace
 
     register_models(sub)
-    register_replay(sub, add_engine_options, engine_kwargs)
-    register_eval(sub, add_engine_options, engine_kwargs)
+    register_replay(sub)
+    register_eval(sub)
     register_trace(sub)
     register_edge(sub)
 

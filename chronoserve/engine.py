@@ -166,8 +166,6 @@ class Engine:
         load_workers: int = 1,
         prefetch: int = 1,
         max_queue: int | None = None,
-        device: str = "cpu",
-        dtype: str = "float32",
         clock: Clock | None = None,
         executor: Executor | None = None,
         load_executor: Executor | None = None,
@@ -181,10 +179,10 @@ class Engine:
         if not (0 < load_retry[0] <= load_retry[1]):
             raise ValueError(f"load_retry must be (first wait, cap) with 0 < first <= cap, got {load_retry}")
         self.load_retry = load_retry
-        if loader is None:
+        if loader is None:  # the default: Chronos models on the CPU (EngineSettings.loader() for others)
             from .models.loader import ChronosLoader
 
-            loader = ChronosLoader(device=device, dtype=dtype)
+            loader = ChronosLoader()
         self.loader = loader
         self.workers = workers if workers is not None else default_workers()
         if self.workers < 1:

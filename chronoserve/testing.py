@@ -312,3 +312,26 @@ def state(
         model_sizes={n: sizes.get(n, 1_000_000) for n in names},
         draining=draining,
     )
+
+
+#: ``EngineSettings`` fields, and ``Limits`` fields, that :func:`server_settings` takes flat.
+_ENGINE_FIELDS = ("policy", "policy_options", "workers", "torch_threads", "max_queue", "device", "dtype")
+_LIMIT_FIELDS = ("max_covariates", "max_request_gflop", "max_inference_seconds")
+
+
+def server_settings(**options: Any) -> Any:
+    """A :class:`~chronoserve.server.ServerSettings` from flat keyword arguments, as the CLI's flags are.
+
+    ``server_settings(default_model="m", policy_options={"max_wait": 0.001}, max_covariates=4)``
+    puts each option where it belongs: the engine's (``policy``, ``max_queue``, ...) in
+    ``engine``, the per-request limits in ``engine.limits``, the rest in the server's settings.
+    The server's default ``max_queue`` (1024) holds unless one is given.
+    """
+    from .limits import Limits
+    from .server import ServerSettings
+    from .settings import EngineSettings
+
+    limits = {k: options.pop(k) for k in _LIMIT_FIELDS if k in options}
+    engine = {k: options.pop(k) for k in _ENGINE_FIELDS if k in options}
+    engine.setdefault("max_queue", 1024)
+    return ServerSettings(engine=EngineSettings(**engine, limits=Limits(**limits)), **options)

@@ -27,7 +27,7 @@ from chronoserve.client import AsyncClient, ChronoserveHTTPError, Client, Foreca
 from chronoserve.client.frames import _plan_frame
 from chronoserve.errors import ChronoserveError
 from chronoserve.server import ServerSettings, create_app
-from chronoserve.testing import FakeLoader, fake_spec
+from chronoserve.testing import FakeLoader, fake_spec, server_settings
 
 FAKE = "random/chronos-bolt-tiny"
 LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -44,7 +44,7 @@ def fake_loader() -> FakeLoader:
 def fast_settings(**kw: Any) -> ServerSettings:
     kw.setdefault("policy_options", {"max_wait": 0.001})
     kw.setdefault("default_model", FAKE)  # the fake loader serves FAKE, not the shipped default
-    return ServerSettings(**kw)
+    return server_settings(**kw)
 
 
 class Sleeps(list[float]):

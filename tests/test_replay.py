@@ -15,8 +15,8 @@ from asgi_lifespan import LifespanManager
 
 from chronoserve.replay import HTTPTarget, InProcessTarget, Outcome, Record, Target, replay, run_trace, summarize
 from chronoserve.replay.report import PERCENTILES, format_table
-from chronoserve.server import ServerSettings, create_app
-from chronoserve.testing import FakeClock, FakeLoader, fake_spec, settle
+from chronoserve.server import create_app
+from chronoserve.testing import FakeClock, FakeLoader, fake_spec, server_settings, settle
 
 MODEL = "random/chronos-bolt-tiny"
 
@@ -101,7 +101,7 @@ def fake_loader() -> FakeLoader:
 
 
 async def test_url_mode_against_an_in_process_server(tmp_path):
-    app = create_app(ServerSettings(default_model=MODEL, policy_options={"max_wait": 0.001}), loader=fake_loader())
+    app = create_app(server_settings(default_model=MODEL, policy_options={"max_wait": 0.001}), loader=fake_loader())
     requests = [Req(i * 0.01, {"request_id": f"r{i}"}) for i in range(20)]
     requests.append(Req(0.2, {"request_id": "bad", "city": "atlantis"}))
     async with LifespanManager(app) as manager:

@@ -14,7 +14,7 @@ from asgi_lifespan import LifespanManager
 from chronoserve.models.catalog import DEFAULT_MODEL
 from chronoserve.server import ServerSettings, create_app
 from chronoserve.server.schemas import BatchOut, ForecastIn, ForecastOut, ModelsOut
-from chronoserve.testing import FakeLoader, fake_spec
+from chronoserve.testing import FakeLoader, fake_spec, server_settings
 
 FAKE = "random/chronos-bolt-tiny"  # a catalog name, served by the fake loader in these tests
 
@@ -32,7 +32,7 @@ def fake_loader(**kw) -> FakeLoader:
 async def client_for(
     settings: ServerSettings | None = None, loader: FakeLoader | None = None, **engine_options
 ) -> AsyncIterator[httpx.AsyncClient]:
-    settings = settings or ServerSettings(default_model=FAKE, policy_options={"max_wait": 0.001})
+    settings = settings or server_settings(default_model=FAKE, policy_options={"max_wait": 0.001})
     app = create_app(settings, loader=loader or fake_loader(), engine_options=engine_options or None)
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
@@ -192,7 +192,7 @@ async def test_invalid_requests_get_422_naming_the_field(body, field, message):
 
 
 async def test_not_json_gets_422_and_too_large_bodies_413():
-    async with client_for(ServerSettings(default_model=FAKE, max_body_bytes=1000)) as client:
+    async with client_for(server_settings(default_model=FAKE, max_body_bytes=1000)) as client:
         r = await client.post("/forecast", content=b"{not json", headers={"content-type": "application/json"})
         assert r.status_code == 422
         assert r.json()["detail"][0]["type"] == "json_invalid"
@@ -204,7 +204,7 @@ async def test_not_json_gets_422_and_too_large_bodies_413():
 
 
 async def test_operator_allowed_directories_are_served_others_are_not():
-    settings = ServerSettings(default_model=FAKE, models=("/models/mine",), policy_options={"max_wait": 0.001})
+    settings = server_settings(default_model=FAKE, models=("/models/mine",), policy_options={"max_wait": 0.001})
     async with client_for(settings) as client:
         ok = await client.post("/forecast", json={"target": [1.0, 2.0], "model_name": "/models/mine"})
         refused = await client.post("/forecast", json={"target": [1.0, 2.0], "model_name": "/models/other"})
@@ -216,7 +216,7 @@ async def test_operator_allowed_directories_are_served_others_are_not():
 
 
 async def test_full_queue_answers_429_with_retry_after_before_any_work():
-    settings = ServerSettings(
+    settings = server_settings(
         default_model=FAKE, max_queue=2, warmup=False, policy_options={"max_batch": 100, "max_wait": 30}
     )
     async with client_for(settings) as client:
@@ -245,7 +245,7 @@ async def test_a_model_that_fails_to_load_gives_503_and_others_keep_serving():
 
 
 async def test_client_disconnect_while_queued_drops_the_request():
-    settings = ServerSettings(default_model=FAKE, warmup=False, policy_options={"max_batch": 100, "max_wait": 0.3})
+    settings = server_settings(default_model=FAKE, warmup=False, policy_options={"max_batch": 100, "max_wait": 0.3})
     loader = fake_loader()
     app = create_app(settings, loader=loader)
     async with LifespanManager(app) as manager:
@@ -298,7 +298,7 @@ async def test_series_lists_the_twelve_sites():
 
 async def test_health_and_readiness():
     loader = fake_loader()
-    settings = ServerSettings(default_model=FAKE, policy_options={"max_wait": 0.001})
+    settings = server_settings(default_model=FAKE, policy_options={"max_wait": 0.001})
     app = create_app(settings, loader=loader)
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
@@ -341,7 +341,7 @@ async def test_metrics_count_requests_batches_and_loads():
 
 
 async def test_a_request_without_model_name_gets_the_servers_default_model():
-    settings = ServerSettings(default_model="random/chronos-2", policy_options={"max_wait": 0.001})
+    settings = server_settings(default_model="random/chronos-2", policy_options={"max_wait": 0.001})
     async with client_for(settings) as client:
         unnamed = await client.post("/forecast", json={"target": [1.0, 2.0, 3.0], "horizon_hours": 2})
         named = await client.post("/forecast", json={"target": [1.0, 2.0], "horizon_hours": 2, "model_name": FAKE})
@@ -374,7 +374,7 @@ async def test_nan_history_points_are_gaps_and_outputs_are_finite():
 
 @pytest.mark.slow
 async def test_a_burst_of_5000_gets_200_or_429_none_lost_and_the_metrics_count_them():
-    settings = ServerSettings(default_model=FAKE, max_queue=64, policy_options={"max_batch": 32, "max_wait": 0.001})
+    settings = server_settings(default_model=FAKE, max_queue=64, policy_options={"max_batch": 32, "max_wait": 0.001})
     loader = fake_loader(predict_seconds=0.002)
     async with client_for(settings, loader=loader) as client:
 

@@ -52,7 +52,7 @@ from chronoserve import __version__  # noqa: E402
 from chronoserve.limits import MAX_HORIZON, MAX_QUANTILE_LEVELS, MAX_SEED, MAX_SERIES_POINTS, MIN_FREQ_HOURS  # noqa: E402
 from chronoserve.server import ServerSettings, create_app  # noqa: E402
 from chronoserve.server.schemas import MAX_BATCH_ITEMS, openapi_document  # noqa: E402
-from chronoserve.testing import FakeLoader, fake_spec  # noqa: E402
+from chronoserve.testing import FakeLoader, fake_spec, server_settings  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -120,7 +120,7 @@ SPECS = {
 
 
 def _app() -> Starlette:
-    server = ServerSettings(default_model=DEFAULT, policy_options={"max_wait": 0.0005})
+    server = server_settings(default_model=DEFAULT, policy_options={"max_wait": 0.0005})
     assert server.max_body_bytes == BODY_LIMIT
     return create_app(server, loader=FakeLoader(specs=SPECS))
 

@@ -16,12 +16,13 @@ from test_server import FAKE, client_for, fake_loader, loc
 
 from chronoserve.limits import MAX_HORIZON, MAX_MODEL_NAME
 from chronoserve.server import ServerSettings
+from chronoserve.testing import server_settings
 
 C2 = "random/chronos-2"
 
 
 def settings(**kw) -> ServerSettings:
-    return ServerSettings(default_model=FAKE, policy_options={"max_wait": 0.001}, **kw)
+    return server_settings(default_model=FAKE, policy_options={"max_wait": 0.001}, **kw)
 
 
 async def post(client: httpx.AsyncClient, body: object, path: str = "/forecast") -> httpx.Response:

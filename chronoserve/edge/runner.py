@@ -38,6 +38,7 @@ from chronoserve.executor import ThreadExecutor
 from chronoserve.models.base import ModelLoader
 from chronoserve.perf import BatchRecorder, CsvMetricsLogger, SystemSampler
 from chronoserve.request import ForecastRequest, ForecastResult
+from chronoserve.settings import EngineSettings
 
 from . import rules as R
 from .pinning import inspect_pinning
@@ -330,15 +331,13 @@ async def _run(
     clock: Clock,
 ) -> dict[str, Any]:
     executor = ThreadExecutor(1, config.k, "edge-infer")
-    engine = Engine(
-        "batched",
+    settings = EngineSettings(
         policy_options={"max_batch": config.batch, "max_wait": MAX_WAIT_S},
-        loader=loader,
         workers=1,
         torch_threads=config.k,
         dtype=config.dtype,
-        executor=executor,
     )
+    engine = settings.engine(loader=loader, executor=executor)
     unit = "queries" if config.scenario == "singlestream" else "series"
     async with engine:
         started = clock()

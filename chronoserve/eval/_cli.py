@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from chronoserve._cli_common import UsageError, positive_int
+from chronoserve._cli_common import UsageError, add_engine_options, engine_settings, positive_int
 from chronoserve.models.catalog import DEFAULT_MODEL
 
 DEFAULT_OUT = "results/eval"
@@ -70,7 +70,7 @@ def _days(text: str) -> list[str]:
     return out
 
 
-def register(subparsers: Any, add_engine_options: Any, engine_kwargs: Any) -> argparse.ArgumentParser:
+def register(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "eval",
         help="offline accuracy sweep: models and baselines over contexts, horizons and covariates",
@@ -150,7 +150,7 @@ def register(subparsers: Any, add_engine_options: Any, engine_kwargs: Any) -> ar
     perf.add_argument("--budget", default="2m", help="wall-clock time per configuration with --perf (default: 2m)")
     perf.add_argument("--interval", default="1s", help="system sampling interval with --perf (default: 1s)")
     add_engine_options(p)
-    p.set_defaults(func=lambda args: cmd_eval(args, engine_kwargs))
+    p.set_defaults(func=cmd_eval)
     parser: argparse.ArgumentParser = p
     return parser
 
@@ -217,16 +217,16 @@ def build_settings(args: argparse.Namespace) -> tuple[Any, Any]:
     return settings, store
 
 
-def cmd_eval(args: argparse.Namespace, engine_kwargs: Any) -> int:
+def cmd_eval(args: argparse.Namespace) -> int:
     from chronoserve.errors import UnknownModel
     from chronoserve.eval.grid import SweepError, check_settings
     from chronoserve.eval.sweep import resolve_models
-    from chronoserve.models.loader import ChronosLoader
 
     settings, store = build_settings(args)
     if not args.perf:
         check_statsforecast()
-    loader = ChronosLoader(device=args.device, dtype=args.dtype)
+    engine = engine_settings(args)
+    loader = engine.loader()
     try:
         specs = resolve_models(settings.models, loader)
     except UnknownModel as exc:
@@ -235,8 +235,7 @@ def cmd_eval(args: argparse.Namespace, engine_kwargs: Any) -> int:
         check_settings(settings, store, specs)
     except SweepError as exc:
         raise _usage(str(exc)) from None
-    options = engine_kwargs(args)
-    options["loader"] = loader
+    options = engine.engine_kwargs(loader)
     if args.perf:
         return _perf(args, settings, store, specs, options)
     return _sweep(args, settings, store, specs, options)

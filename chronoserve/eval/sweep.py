@@ -108,12 +108,11 @@ async def run_sweep(
     store = store if store is not None else _open_store(settings.data)
     options = dict(engine_options or {})
     loader = options.get("loader")
-    if loader is None:
+    if loader is None:  # the sweep's dtype is one of its settings (recorded with its results)
         from chronoserve.models.loader import ChronosLoader
 
-        loader = ChronosLoader(device=str(options.get("device", "cpu")), dtype=settings.dtype)
+        loader = ChronosLoader(dtype=settings.dtype)
         options["loader"] = loader
-    options.setdefault("dtype", settings.dtype)
     if specs is None:
         specs = await asyncio.to_thread(resolve_models, settings.models, loader)
     check_settings(settings, store, specs)

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from chronoserve._cli_common import UsageError
+from chronoserve._cli_common import UsageError, add_engine_options, engine_kwargs, engine_settings
 
 
-def register(subparsers: Any, add_engine_options: Any, engine_kwargs: Any) -> argparse.ArgumentParser:
+def register(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "replay",
         help="replay a request trace open loop and measure it (HDR histograms, plots)",
@@ -44,12 +44,12 @@ def register(subparsers: Any, add_engine_options: Any, engine_kwargs: Any) -> ar
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     add_engine_options(p)
-    p.set_defaults(func=lambda args: cmd_replay(args, engine_kwargs))
+    p.set_defaults(func=cmd_replay)
     parser: argparse.ArgumentParser = p
     return parser
 
 
-def cmd_replay(args: argparse.Namespace, engine_kwargs: Any) -> int:
+def cmd_replay(args: argparse.Namespace) -> int:
     from chronoserve.errors import InvalidRequest
     from chronoserve.traces import TraceError, read_trace, retime, scale_time
 
@@ -82,18 +82,16 @@ def cmd_replay(args: argparse.Namespace, engine_kwargs: Any) -> int:
         "random_weights": any(m.startswith("random/") for m in models),
         "trace_meta": dict(trace.meta),
     }
-    return asyncio.run(_run(args, engine_kwargs, requests, policies, base, meta))
+    return asyncio.run(_run(args, requests, policies, base, meta))
 
 
 async def _run(
     args: argparse.Namespace,
-    engine_kwargs: Any,
     requests: list[Any],
     policies: list[str],
     base: Path,
     meta: dict[str, Any],
 ) -> int:
-    from chronoserve.models.loader import ChronosLoader
     from chronoserve.replay import HTTPTarget, InProcessTarget, format_table, preload_torch, replay
 
     runs = []
@@ -101,7 +99,7 @@ async def _run(
         # Imports and writing random checkpoints are set-up, not serving: done before the clock.
         print("preparing: importing torch, materialising the trace's random models ...", file=sys.stderr)
         await asyncio.to_thread(preload_torch)
-        loader = ChronosLoader(device=args.device, dtype=args.dtype)
+        loader = engine_settings(args).loader()
         for name in meta["models"]:
             spec = await asyncio.to_thread(loader.resolve, name)
             if spec.random_weights:

@@ -29,9 +29,10 @@ from chronoserve import __version__
 from chronoserve.data import SeriesStore
 from chronoserve.engine import Engine
 from chronoserve.errors import ChronoserveError, ModelLoadError
-from chronoserve.limits import DEFAULT_LIMITS, MAX_ANSWER_VALUES, Limits, answer_values
+from chronoserve.limits import MAX_ANSWER_VALUES, answer_values
 from chronoserve.models.base import ModelLoader
 from chronoserve.models.catalog import CATALOG, DEFAULT_MODEL, find_entry
+from chronoserve.settings import EngineSettings
 
 from .body import ClientGone, read_body
 from .errors import HTTPError, invalid, validation_error
@@ -45,13 +46,13 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 
 @dataclass
 class ServerSettings:
-    """Everything ``chronoserve serve`` can set. Defaults give a server that answers at once."""
+    """Everything ``chronoserve serve`` can set. Defaults give a server that answers at once.
 
-    policy: str = "batched"
-    policy_options: dict[str, Any] = field(default_factory=dict)
-    workers: int | None = None
-    torch_threads: int | None = None
-    max_queue: int = 1024
+    ``engine`` is the engine's settings (policy, threads, queue bound, per-request limits, the
+    loader's device and dtype): the same value every front end builds its engine from.
+    """
+
+    engine: EngineSettings = field(default_factory=lambda: EngineSettings(max_queue=1024))
     models: tuple[str, ...] = ()
     """Models HTTP may name beyond the catalog (names or local directories), loaded at start-up."""
     default_model: str = DEFAULT_MODEL
@@ -61,15 +62,6 @@ class ServerSettings:
     """A directory of series CSVs instead of the embedded Beijing PM2.5 data."""
     max_body_bytes: int = 1 << 20
     drain_timeout: float = 30.0
-    device: str = "cpu"
-    dtype: str = "float32"
-    # -- what one request may ask for (checked before any work; see chronoserve.limits) --------
-    max_covariates: int = DEFAULT_LIMITS.max_covariates
-    """Covariates (past and known-future, counted once per name) one request may send."""
-    max_request_gflop: float | None = DEFAULT_LIMITS.max_request_gflop
-    """The estimated cost above which a request is refused (422 ``too_costly``); None: no budget."""
-    max_inference_seconds: float | None = DEFAULT_LIMITS.max_inference_seconds
-    """The longest a batch may hold a worker; past it the batch is stopped (504). None: no bound."""
     # -- connections (see chronoserve.server.protocol) ------------------------------------------
     header_timeout: float = 10.0
     """Seconds a connection has to send a request's headers, from its first byte (or from
@@ -82,13 +74,6 @@ class ServerSettings:
     """The largest request line plus headers; larger gets 431 and the connection is closed."""
     max_connections: int = 1000
     """Open connections beyond this are answered 503 with ``Retry-After`` and closed."""
-
-    def limits(self) -> Limits:
-        return Limits(
-            max_covariates=self.max_covariates,
-            max_request_gflop=self.max_request_gflop,
-            max_inference_seconds=self.max_inference_seconds,
-        )
 
 
 class ORJSONResponse(Response):
@@ -463,11 +448,19 @@ async def _warm_up(runtime: ServerRuntime) -> None:
 def create_app(
     settings: ServerSettings | None = None,
     *,
+    engine: Engine | None = None,
     loader: ModelLoader | None = None,
     store: SeriesStore | None = None,
     engine_options: Mapping[str, Any] | None = None,
 ) -> Starlette:
-    """The ASGI app. ``loader``, ``store`` and ``engine_options`` are for tests and embedding."""
+    """The ASGI app over an engine built from ``settings.engine`` when it starts, or over ``engine``.
+
+    An ``engine`` given here is the app's from then on: the app starts it, adds its metrics
+    observer, and drains and closes it at shutdown (``settings.engine`` is then unused).
+    ``loader`` (instead of ``settings.engine.loader()``), ``store`` and ``engine_options``
+    (more :class:`Engine` arguments: a clock, executors, ``load_retry``) are for tests and
+    embedding.
+    """
     runtime = ServerRuntime(settings or ServerSettings(), loader=loader, store=store)
 
     @contextlib.asynccontextmanager
@@ -480,19 +473,13 @@ def create_app(
         # A fresh state for every start (an app may be started again after a shutdown).
         runtime.drain_event = asyncio.Event()
         runtime.draining, runtime.ready, runtime.warmup_error, runtime._drain_task = False, False, None, None
-        runtime.engine = Engine(
-            s.policy,
-            policy_options=s.policy_options,
-            loader=runtime.loader,
-            workers=s.workers,
-            torch_threads=s.torch_threads,
-            max_queue=s.max_queue,
-            device=s.device,
-            dtype=s.dtype,
-            observers=[runtime.metrics],
-            limits=s.limits(),
-            **dict(engine_options or {}),
-        )
+        if engine is not None:
+            engine.add_observer(runtime.metrics)
+            runtime.engine = engine
+        else:
+            runtime.engine = s.engine.engine(
+                loader=runtime.loader, observers=[runtime.metrics], **dict(engine_options or {})
+            )
         runtime.default_model = runtime.engine.canonical(s.default_model)
         runtime.extra_models = tuple(dict.fromkeys(runtime.engine.canonical(m) for m in s.models))
         await runtime.engine.start()

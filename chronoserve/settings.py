@@ -1,0 +1,71 @@
+"""``EngineSettings``: everything that shapes an engine, in one frozen value.
+
+Built once, from the command line (:func:`chronoserve._cli_common.engine_settings`) or by
+hand, and handed down as it is: ``chronoserve serve`` embeds it in its
+:class:`~chronoserve.server.ServerSettings`, replay, eval and ``forecast`` build their engines
+from it. The model loader is built here, outside the engine, from the loader's own settings
+(device, dtype); the engine only receives it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from .limits import DEFAULT_LIMITS, Limits
+
+if TYPE_CHECKING:
+    from .engine import Engine
+    from .models.base import ModelLoader
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """The engine's policy, threads, queue bound and per-request limits, and the loader's device and dtype.
+
+    ``policy`` is a policy name (``naive``, ``lru``, ``batched``, a plugin) or
+    ``"module:Class"``; ``policy_options`` its constructor's keyword arguments. ``workers``
+    and ``torch_threads``: None for the engine's defaults (2 workers, cores / workers).
+    ``max_queue``: requests waiting before :class:`~chronoserve.errors.QueueFull` (None: no
+    bound). ``device`` and ``dtype`` are the :class:`~chronoserve.models.loader.ChronosLoader`'s.
+    """
+
+    policy: str = "batched"
+    policy_options: Mapping[str, Any] = field(default_factory=dict)
+    workers: int | None = None
+    torch_threads: int | None = None
+    max_queue: int | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+    limits: Limits = DEFAULT_LIMITS
+
+    def with_options(self, **changes: Any) -> EngineSettings:
+        """A copy with some fields changed (``policy_options`` are merged, not replaced)."""
+        if "policy_options" in changes:
+            changes["policy_options"] = {**self.policy_options, **changes["policy_options"]}
+        return replace(self, **changes)
+
+    def loader(self) -> ModelLoader:
+        """The Chronos model loader for ``device`` and ``dtype`` (no torch is imported yet)."""
+        from .models.loader import ChronosLoader
+
+        return ChronosLoader(device=self.device, dtype=self.dtype)
+
+    def engine_kwargs(self, loader: ModelLoader | None = None) -> dict[str, Any]:
+        """:class:`~chronoserve.Engine`'s keyword arguments: policy, threads, queue, limits and a loader."""
+        return {
+            "policy": self.policy,
+            "policy_options": dict(self.policy_options),
+            "workers": self.workers,
+            "torch_threads": self.torch_threads,
+            "max_queue": self.max_queue,
+            "limits": self.limits,
+            "loader": loader if loader is not None else self.loader(),
+        }
+
+    def engine(self, *, loader: ModelLoader | None = None, **parts: Any) -> Engine:
+        """An engine with these settings; ``parts`` are the rest of its arguments (observers, clock, ...)."""
+        from .engine import Engine
+
+        return Engine(**self.engine_kwargs(loader), **parts)
