@@ -44,7 +44,7 @@ import litserve as ls
 class _Item:
     """One decoded request: ready to run, or the 422 it gets."""
 
-    prepared: Any = None  # chronoserve.server.convert.Prepared
+    prepared: Any = None  # chronoserve.server.convert.ItemRequest
     request: Any = None  # chronoserve.models.base.PreparedRequest
     model: str | None = None
     error: dict[str, Any] | None = None
@@ -153,13 +153,12 @@ class ChronosLitAPI(ls.LitAPI):  # type: ignore[misc]
         spec = self.specs[item.model]
         request = item.prepared.request
         levels = item.request.quantile_levels
-        timestamps = item.prepared.timestamps
         return {
             "request_id": request.request_id,
             "model": {"name": spec.name, "family": spec.family, "random_weights": spec.random_weights},
             "policy": "litserve",
             "series": item.prepared.series,
-            "timestamps": [t.isoformat() for t in timestamps] if timestamps is not None else None,
+            "timestamps": item.prepared.timestamps(len(forecast.median)),
             "median": [_finite(v) for v in forecast.median.tolist()],
             "quantile_levels": list(levels),
             "quantiles": {

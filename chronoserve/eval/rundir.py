@@ -64,7 +64,7 @@ class RunDir:
         self.path = path
         self.configs = path / "configs"
 
-    def prepare(self, settings: SweepSettings, *, overwrite: bool) -> None:
+    def open_for(self, settings: SweepSettings, *, overwrite: bool) -> None:
         """Create it, or check that it holds the same settings (see :class:`SettingsMismatch`)."""
         settings_file = self.path / "settings.json"
         wanted = settings.to_dict()

@@ -127,7 +127,7 @@ async def run_sweep(
         plot_starts(store, sid, days, context_days=c_days, horizon=h)
         example_args = {"series": sid, "days": days, "context_days": c_days, "horizon": h}
     run_dir = RunDir(Path(out))
-    run_dir.prepare(settings, overwrite=overwrite)
+    run_dir.open_for(settings, overwrite=overwrite)
     configs = configurations(settings, specs)
     windows = WindowSet(store, settings)
 

@@ -36,7 +36,7 @@ _HTTP_FIELDS = {
 
 
 @dataclass
-class Prepared:
+class ItemRequest:
     """An engine request and what the answer needs besides the result: its series and time axis."""
 
     request: ForecastRequest
@@ -64,7 +64,7 @@ def http_field(field_name: str, item: ForecastIn) -> str:
     return f"{mapped}.{rest}" if rest else mapped
 
 
-def build_request(item: ForecastIn, store: SeriesStore, model: str) -> Prepared:
+def build_request(item: ForecastIn, store: SeriesStore, model: str) -> ItemRequest:
     """The engine request for a validated item and the canonical name of its model.
 
     Raises ``InvalidRequest`` for a bad series window, or a time axis that does not exist
@@ -95,7 +95,7 @@ def build_request(item: ForecastIn, store: SeriesStore, model: str) -> Prepared:
             future_covariates=window.future_covariates,
             **kwargs,
         )
-        return Prepared(request, item.city, window.forecast_start)
+        return ItemRequest(request, item.city, window.forecast_start)
     assert item.target is not None
     request = ForecastRequest(
         target=[float("nan") if v is None else v for v in item.target],
@@ -105,11 +105,11 @@ def build_request(item: ForecastIn, store: SeriesStore, model: str) -> Prepared:
         **kwargs,
     )
     if item.start is None:
-        return Prepared(request, None, None)
+        return ItemRequest(request, None, None)
     n = len(item.target)
     check_time_axis(item.start, item.freq_hours, n, item.horizon_hours)
     first = time_axis(item.start, item.freq_hours, n, 1)[0]
-    return Prepared(request, None, first, item.freq_hours)
+    return ItemRequest(request, None, first, item.freq_hours)
 
 
 def _nan_lists(values: Mapping[str, list[float | None]] | None) -> dict[str, list[float]] | None:
@@ -118,13 +118,13 @@ def _nan_lists(values: Mapping[str, list[float | None]] | None) -> dict[str, lis
     return {k: [float("nan") if v is None else v for v in vs] for k, vs in values.items()}
 
 
-def result_body(result: ForecastResult, prepared: Prepared) -> dict[str, Any]:
+def result_body(result: ForecastResult, item: ItemRequest) -> dict[str, Any]:
     return {
         "request_id": result.request_id,
         "model": {"name": result.model, "family": result.family, "random_weights": result.random_weights},
         "policy": result.policy,
-        "series": prepared.series,
-        "timestamps": prepared.timestamps(result.horizon),
+        "series": item.series,
+        "timestamps": item.timestamps(result.horizon),
         "median": result.median.tolist(),
         "quantile_levels": list(result.quantile_levels),
         "quantiles": {f"{q:g}": result.quantiles[:, j].tolist() for j, q in enumerate(result.quantile_levels)},

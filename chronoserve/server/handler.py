@@ -53,8 +53,8 @@ async def forecast_item(
             "unknown_model",
         )
     try:
-        prepared = build_request(item, store, model)
-        result = await engine.forecast(prepared.request)
+        built = build_request(item, store, model)
+        result = await engine.forecast(built.request)
     except asyncio.CancelledError:
         raise
     except UnknownModel as exc:
@@ -63,4 +63,4 @@ async def forecast_item(
         raise error_for(exc, prefix, http_field(exc.field, item)) from None
     except Exception as exc:
         raise error_for(exc, prefix) from None
-    return result_body(result, prepared)
+    return result_body(result, built)
