@@ -102,7 +102,7 @@ def test_the_graph_sees_the_package():
     edges = graph()
     assert "chronoserve.engine" in edges and "chronoserve.policies.batched" in edges
     assert "chronoserve.policy" in edges["chronoserve.engine"]
-    assert "chronoserve.server.handler" in edges["chronoserve.server.app"]
+    assert "chronoserve.server.handler" in edges["chronoserve.server.routes"]
 
 
 def test_a_cycle_through_a_deferred_import_is_found():

@@ -4,7 +4,8 @@
 uvicorn and drains on SIGTERM.
 """
 
-from .app import ServerSettings, create_app
+from .app import create_app
 from .run import run
+from .runtime import ServerSettings
 
 __all__ = ["ServerSettings", "create_app", "run"]

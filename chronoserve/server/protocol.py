@@ -40,7 +40,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 if TYPE_CHECKING:
-    from .app import ServerSettings
+    from .runtime import ServerSettings
 
 logger = logging.getLogger("chronoserve.server")
 

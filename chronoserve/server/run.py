@@ -19,8 +19,9 @@ from types import FrameType
 
 import uvicorn
 
-from .app import ServerRuntime, ServerSettings, create_app
+from .app import create_app
 from .protocol import guarded_protocol
+from .runtime import ServerRuntime, ServerSettings
 
 logger = logging.getLogger("chronoserve.server")
 

@@ -1,0 +1,163 @@
+"""The server's settings and its shared state: the engine, series, metrics, readiness, the drain.
+
+:class:`ServerSettings` is everything ``chronoserve serve`` can set (the engine's own settings
+embedded as one :class:`~chronoserve.settings.EngineSettings`); :class:`ServerRuntime` is what
+the routes share once the app has started; :func:`warm_up` loads the models before ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypedDict
+
+from chronoserve.data import SeriesStore
+from chronoserve.engine import Engine
+from chronoserve.errors import ChronoserveError, ModelLoadError
+from chronoserve.models.base import ModelLoader
+from chronoserve.models.catalog import DEFAULT_MODEL, find_entry
+from chronoserve.settings import EngineSettings
+
+from .metrics import ServerMetrics
+
+logger = logging.getLogger("chronoserve.server")
+
+
+@dataclass
+class ServerSettings:
+    """Everything ``chronoserve serve`` can set. Defaults give a server that answers at once.
+
+    ``engine`` is the engine's settings (policy, threads, queue bound, per-request limits, the
+    loader's device and dtype): the same value every front end builds its engine from.
+    """
+
+    engine: EngineSettings = field(default_factory=lambda: EngineSettings(max_queue=1024))
+    models: tuple[str, ...] = ()
+    """Models HTTP may name beyond the catalog (names or local directories), loaded at start-up."""
+    default_model: str = DEFAULT_MODEL
+    warmup: bool = True
+    """Load the default model and ``models`` before reporting ready."""
+    data: str | None = None
+    """A directory of series CSVs instead of the embedded Beijing PM2.5 data."""
+    max_body_bytes: int = 1 << 20
+    drain_timeout: float = 30.0
+    # -- connections (see chronoserve.server.protocol) ------------------------------------------
+    header_timeout: float = 10.0
+    """Seconds a connection has to send a request's headers, from its first byte (or from
+    opening, for a new connection); then 408 and the connection is closed."""
+    body_timeout: float = 30.0
+    """Seconds a request has to send its whole body once its headers are in; then 408."""
+    keep_alive_timeout: float = 5.0
+    """Seconds an idle keep-alive connection stays open between requests."""
+    max_header_bytes: int = 16 * 1024
+    """The largest request line plus headers; larger gets 431 and the connection is closed."""
+    max_connections: int = 1000
+    """Open connections beyond this are answered 503 with ``Retry-After`` and closed."""
+
+
+@dataclass
+class ServerRuntime:
+    """What the handlers share: settings, engine, series, metrics, and the server's state."""
+
+    settings: ServerSettings
+    loader: ModelLoader | None = None
+    store: SeriesStore | None = None
+    engine: Engine | None = None
+    metrics: ServerMetrics | None = None
+    ready: bool = False
+    draining: bool = False
+    warmup_error: str | None = None
+    default_model: str = ""
+    """The canonical name of the default model (set when the engine starts)."""
+    extra_models: tuple[str, ...] = ()
+    """The canonical names of the operator's ``--models``."""
+    loop: asyncio.AbstractEventLoop | None = None
+    drain_event: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when draining begins: requests still sending their body get 503 at once."""
+    _drain_task: asyncio.Task[None] | None = None
+
+    def allowed(self, name: str) -> bool:
+        """HTTP may name catalog models (``random/...``, short names, hub ids) and the operator's models.
+
+        ``name`` is canonical (:meth:`Engine.canonical`), so no spelling of a name gets past
+        this check that the pool and metrics would not see as the same model.
+        """
+        return name == self.default_model or name in self.extra_models or find_entry(name) is not None
+
+    def begin_drain(self) -> None:
+        """Stop accepting (readyz 503), run what is queued within the drain timeout, fail the rest with 503."""
+        if self.draining:
+            return
+        self.draining = True
+        self.drain_event.set()
+        logger.info("draining: finishing queued requests within %.0f s", self.settings.drain_timeout)
+        if self.engine is not None:
+            self._drain_task = asyncio.get_running_loop().create_task(
+                self.engine.close(drain=True, timeout=self.settings.drain_timeout)
+            )
+
+    async def finish(self) -> None:
+        self.begin_drain()
+        if self._drain_task is not None:
+            await self._drain_task
+
+
+class State(TypedDict):
+    runtime: ServerRuntime
+
+
+def load_failures(runtime: ServerRuntime, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Models whose last load failed (of ``names``, or all): the error and when it is tried again."""
+    engine = runtime.engine
+    if engine is None:
+        return []
+    now = engine.clock.now()
+    return [
+        {
+            "name": f.model,
+            "error": f.error,
+            "failures": f.failures,
+            "retry_in_seconds": round(max(0.0, f.retry_at - now), 3),
+        }
+        for f in sorted(engine.load_failures().values(), key=lambda f: f.model)
+        if names is None or f.model in names
+    ]
+
+
+async def warm_up(runtime: ServerRuntime) -> None:
+    """Load the default model (retrying with the engine's backoff until it loads), then the extras.
+
+    The server is ready once the default model serves: an operator's extra model that fails
+    to load is listed in ``/readyz`` and ``/models`` and retried at its next request after its
+    backoff, but never keeps the server from serving the others.
+    """
+    engine = runtime.engine
+    assert engine is not None
+    default = runtime.default_model
+    while True:
+        try:
+            await engine.warm(default)
+            break
+        except ModelLoadError as exc:
+            wait = exc.retry_after if exc.retry_after is not None else engine.load_retry[0]
+            runtime.warmup_error = f"{default}: {exc}"
+            logger.error("the default model %s failed to load (next try in %.0f s): %s", default, wait, exc.message)
+            await asyncio.sleep(wait)
+        except ChronoserveError as exc:  # not a model at all: no retry can help
+            runtime.warmup_error = f"{default}: {exc}"
+            logger.error("the default model %s cannot be served: %s", default, exc)
+            return
+    runtime.ready = True
+    runtime.warmup_error = None
+    logger.info("ready: %s", default)
+    for name in runtime.extra_models:
+        if name == default:
+            continue
+        try:
+            await engine.warm(name)
+        except ChronoserveError as exc:
+            logger.error("model %s failed to load; serving the others: %s", name, exc)
+        else:
+            logger.info("loaded: %s", name)
