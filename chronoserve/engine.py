@@ -31,10 +31,10 @@ from .errors import (
 )
 from .events import EngineObserver
 from .executor import Executor, ThreadExecutor
+from .jobs import BatchOutcome, run_job
 from .limits import DEFAULT_LIMITS, Limits
 from .models.base import (
     BackendForecast,
-    ModelBackend,
     ModelLoader,
     ModelSpec,
     PreparedRequest,
@@ -59,7 +59,7 @@ from .policy import (
 from .pool import LoadFailure, ModelPool, PoolEntry
 from .request import ForecastRequest, ForecastResult, Timings, prepare
 from .status import EngineStats, ModelInfo
-from .stopping import BatchStopped, StopSignal, watching
+from .stopping import BatchStopped, StopSignal
 
 logger = logging.getLogger("chronoserve.engine")
 
@@ -85,50 +85,6 @@ def default_workers() -> int:
     worker with two torch threads (826 vs 495 series/s at batch 32, bolt-tiny).
     """
     return max(1, min(2, os.cpu_count() or 1))
-
-
-@dataclass(slots=True)
-class _BatchOutcome:
-    forecasts: list[BackendForecast]
-    load_seconds: float
-    inference_seconds: float
-
-
-def _run_job(
-    clock: Clock,
-    loader: ModelLoader,
-    spec: ModelSpec,
-    backend: ModelBackend | None,
-    batch: list[PreparedRequest],
-    signal: StopSignal,
-) -> _BatchOutcome:
-    """The blocking part of a batch, run in a worker: load a private copy if asked (``naive``), predict.
-
-    ``signal`` is the thread's current stop signal meanwhile (see :mod:`chronoserve.stopping`).
-    """
-    signal.check()  # stopped while it waited for a worker: do not start
-    load_seconds = 0.0
-    private = backend is None
-    if backend is None:
-        start = clock.now()
-        try:
-            backend = loader.load(spec)
-        except ChronoserveError:
-            raise
-        except Exception as exc:
-            raise ModelLoadError(spec.name, repr(exc)) from exc
-        load_seconds = clock.now() - start
-    try:
-        start = clock.now()
-        with watching(signal):
-            forecasts = backend.predict(batch)
-        inference_seconds = clock.now() - start
-    finally:
-        if private:
-            backend.close()
-    if len(forecasts) != len(batch):
-        raise InferenceError(f"{spec.name} returned {len(forecasts)} forecasts for {len(batch)} requests")
-    return _BatchOutcome(forecasts, load_seconds, inference_seconds)
 
 
 class Engine:
@@ -728,7 +684,7 @@ class Engine:
         prepared = [p.prepared for p in members]
         # Hand the work to a worker now, not in the first step of a new task.
         job = self._executor.submit(
-            partial(_run_job, self._clock, self.loader, members[0].spec, backend, prepared, signal)
+            partial(run_job, self._clock, self.loader, members[0].spec, backend, prepared, signal)
         )
         self._spawn(self._run_batch(batch_id, members, resident, now, job))
 
@@ -738,7 +694,7 @@ class Engine:
         members: list[_Pending],
         entry: PoolEntry | None,
         started: float,
-        job: asyncio.Future[_BatchOutcome],
+        job: asyncio.Future[BatchOutcome],
     ) -> None:
         spec = members[0].spec
         try:
