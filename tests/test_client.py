@@ -6,7 +6,6 @@ import asyncio
 import importlib.util
 import subprocess
 import sys
-import time
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -22,6 +21,7 @@ import pandas as pd
 import pytest
 from asgi_lifespan import LifespanManager
 from starlette.testclient import TestClient
+from waiting import until, until_sync
 
 from chronoserve.client import AsyncClient, ChronoserveHTTPError, Client, Forecast, forecast_body
 from chronoserve.client.frames import _plan_frame
@@ -63,10 +63,8 @@ async def serve(settings: ServerSettings | None = None, **client_kw: Any) -> Asy
     app = create_app(settings or fast_settings(), loader=fake_loader())
     async with LifespanManager(app) as manager:
         runtime = app.state.runtime
-        for _ in range(200):  # warm-up runs in the background
-            if runtime.ready or runtime.warmup_error or not runtime.settings.warmup:
-                break
-            await asyncio.sleep(0.005)
+        # warm-up runs in the background
+        await until(lambda: runtime.ready or runtime.warmup_error or not runtime.settings.warmup, "the warm-up")
         transport = httpx.ASGITransport(app=manager.app)
         async with AsyncClient("http://test", transport=transport, **client_kw) as client:
             yield client, app
@@ -78,10 +76,7 @@ def serve_sync(settings: ServerSettings | None = None, **client_kw: Any) -> Iter
     app = create_app(settings or fast_settings(), loader=fake_loader())
     with TestClient(app) as session:
         runtime = app.state.runtime
-        for _ in range(200):
-            if runtime.ready or runtime.warmup_error:
-                break
-            time.sleep(0.005)
+        until_sync(lambda: runtime.ready or runtime.warmup_error, "the warm-up")
         with Client(session=session, **client_kw) as client:
             yield client, app
 
@@ -439,9 +434,10 @@ async def test_which_answers_are_retried(answer, retried, delay):
 async def test_a_full_queue_on_the_real_app_is_retried_then_raised():
     settings = fast_settings(max_queue=1, warmup=False, policy_options={"max_batch": 100, "max_wait": 30})
     sleeps = Sleeps()
-    async with serve(settings, sleep=sleeps.asleep, retries=2) as (client, _):
+    async with serve(settings, sleep=sleeps.asleep, retries=2) as (client, app):
         held = asyncio.create_task(client.forecast(target=[1.0], horizon_hours=1))
-        await asyncio.sleep(0.05)
+        engine = app.state.runtime.engine
+        await until(lambda: engine.stats().queued == 1, "the first request in the queue")
         with pytest.raises(ChronoserveHTTPError) as caught:
             await client.forecast(target=[2.0], horizon_hours=1)
         held.cancel()

@@ -414,15 +414,14 @@ def test_non_utf8_file_names_the_file(tmp_path: Path) -> None:
     assert str(excinfo.value).startswith(str(path))
 
 
-def test_embedded_loads_fast() -> None:
-    import time
-
-    best = math.inf
-    for _ in range(3):
-        t0 = time.perf_counter()
-        SeriesStore.embedded()
-        best = min(best, time.perf_counter() - t0)
-    assert best < 0.5
+def test_embedded_loads_the_same_series_every_time() -> None:
+    # Behaviour, not speed (it loads in ~0.05 s; how fast is for a benchmark, not a test).
+    first, again = SeriesStore.embedded(), SeriesStore.embedded()
+    assert again.ids() == first.ids() == SITES
+    assert again.infos() == first.infos()
+    for sid in SITES:
+        for column in ("pm25", *COVARIATES):
+            np.testing.assert_array_equal(again.values(sid, column), first.values(sid, column))
 
 
 def test_values_is_a_read_only_view_of_a_column():

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -154,12 +153,30 @@ def test_parallel_info_is_parsed_into_fields():
 # -- runs on a fake model (no torch) -------------------------------------------------------------
 
 
+#: Seconds each reading of the bench's clock adds in these runs (:class:`StepClock`).
+STEP = 0.001
+
+
+class StepClock:
+    """The bench's clock in the runs on a fake model: each reading is ``STEP`` seconds after the
+    one before. A run's durations count its clock readings (two per SingleStream query), not the
+    machine's speed, so a loaded machine runs the same queries, only slower."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += STEP
+        return self.now
+
+
 class FakeSampler:
     """Stands in for SystemSampler: on exit, samples every 0.05 s of the run with fixed readings."""
 
-    def __init__(self, cores: list[float], proc: float) -> None:
+    def __init__(self, cores: list[float], proc: float, clock: StepClock) -> None:
         self.cores = len(cores)
         self.readings = (cores, proc)
+        self.clock = clock
         self.t0: float | None = None
         self.samples: list[dict[str, Any]] = []
         self.sensors = None
@@ -169,7 +186,7 @@ class FakeSampler:
 
     def __exit__(self, *exc: Any) -> None:
         assert self.t0 is not None
-        end = time.perf_counter() - self.t0
+        end = self.clock.now - self.t0
         t = 0.05
         while t <= end + 0.05:
             cores, proc = self.readings
@@ -184,17 +201,19 @@ def fake_config(tmp_path: Path, **kw: Any) -> BenchConfig:
 
 def run_fake(config: BenchConfig, cores: list[float], proc: float, predict_seconds: float = 0.001) -> dict[str, Any]:
     loader = FakeLoader(specs={"fake": fake_spec("fake")}, predict_seconds=predict_seconds)
+    clock = StepClock()
     return run_benchmark(
         config,
         loader=loader,
-        sampler_factory=lambda path, cfg: FakeSampler(cores, proc),
+        sampler_factory=lambda path, cfg: FakeSampler(cores, proc, clock),
         inspect=lambda cores: {"ok": True, "requested_cores": list(cores)},
         progress=False,
+        clock=clock,
     )
 
 
 def test_single_stream_on_a_fake_model_is_valid_and_excludes_the_warmup(tmp_path):
-    # A generous maximum: a loaded CI machine still reaches the minimums (the run ends as soon as it does).
+    # On the step clock: 0.3 s are 150 queries (2 readings each), past the 70 required.
     rules = R.RunRules(duration_s=0.3, min_queries=70, warmup_s=0.1, max_duration_s=60)
     config = fake_config(tmp_path, rules=rules)
     result = run_fake(config, cores=[1.0, 100.0], proc=99.0)
@@ -217,7 +236,8 @@ def test_a_run_too_short_for_its_minimum_query_count_is_invalid_with_that_reason
     assert result["verdict"] == "INVALID"
     assert result["reasons"][0].startswith("too few queries: ")
     assert "the minimum is 100000" in result["reasons"][0]
-    assert 0.3 <= result["measured"]["duration_s"] < 5  # stopped at the maximum duration
+    # stopped at the maximum duration: by the query that reached it (two clock readings)
+    assert 0.3 <= result["measured"]["duration_s"] <= 0.3 + 2 * STEP + 1e-9
 
 
 def test_a_contaminated_run_is_invalid(tmp_path):

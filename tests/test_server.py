@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from waiting import queue_depth, until
 
 from chronoserve.models.catalog import DEFAULT_MODEL
 from chronoserve.server import ServerSettings, create_app
@@ -38,11 +39,13 @@ async def client_for(
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             runtime = app.state.runtime
-            for _ in range(200):  # warm-up runs in the background
-                if runtime.ready or runtime.warmup_error:
-                    break
-                await asyncio.sleep(0.005)
+            await until(lambda: runtime.ready or runtime.warmup_error, "the warm-up")  # it runs in the background
             yield client
+
+
+async def server_queue_depth(client: httpx.AsyncClient) -> float:
+    """The server's ``chronoserve_queue_depth`` gauge (all models), read from its /metrics."""
+    return queue_depth((await client.get("/metrics")).text)
 
 
 def loc(response: httpx.Response) -> list:
@@ -223,7 +226,11 @@ async def test_full_queue_answers_429_with_retry_after_before_any_work():
         first = [
             asyncio.create_task(client.post("/forecast", json={"target": [1.0], "horizon_hours": 1})) for _ in range(2)
         ]
-        await asyncio.sleep(0.05)
+
+        async def both_queued() -> bool:
+            return await server_queue_depth(client) == 2
+
+        await until(both_queued, "2 requests in the server's queue")
         r = await client.post("/forecast", json={"target": [1.0], "horizon_hours": 1})
         assert r.status_code == 429
         assert r.headers["retry-after"] == "1"
@@ -252,13 +259,11 @@ async def test_client_disconnect_while_queued_drops_the_request():
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             task = asyncio.create_task(client.post("/forecast", json={"target": [1.0], "horizon_hours": 1}))
-            await asyncio.sleep(0.05)
             engine = app.state.runtime.engine
-            assert sum(engine.queue_depths().values()) == 1
+            await until(lambda: sum(engine.queue_depths().values()) == 1, "the request in the queue")
             task.cancel()
-            await asyncio.sleep(0.05)
+            await until(lambda: engine.stats().cancelled == 1, "the request cancelled")
             assert sum(engine.queue_depths().values()) == 0
-            assert engine.stats().cancelled == 1
             r = await client.post("/forecast", json={"target": [5.0], "horizon_hours": 1})
             assert r.json()["median"] == [5.0]
 

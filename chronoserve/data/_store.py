@@ -8,6 +8,7 @@ id (case-insensitively when that is unambiguous) and cuts forecast windows from 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from datetime import datetime
 from importlib import resources
@@ -47,19 +48,12 @@ class SeriesStore:
 
     @classmethod
     def embedded(cls) -> SeriesStore:
-        """The 12 Beijing PM2.5 sites, July to December 2016, shipped inside the package."""
-        root = resources.files(_EMBEDDED_PACKAGE).joinpath(_EMBEDDED_DIR)
-        series = []
-        attribution: str | None = None
-        for entry in root.iterdir():
-            if entry.name == "ATTRIBUTION.md":
-                attribution = entry.read_text(encoding="utf-8")
-            elif entry.name.endswith(".csv") and entry.is_file():
-                sid = entry.name[: -len(".csv")]
-                where = f"{_EMBEDDED_PACKAGE}/{_EMBEDDED_DIR}/{entry.name}"
-                series.append(parse_series(entry.read_bytes(), sid, where, _EMBEDDED_SOURCE.format(id=sid)))
-        if not series:
-            raise ValueError(f"{_EMBEDDED_PACKAGE}/{_EMBEDDED_DIR}: no embedded CSV files (broken installation?)")
+        """The 12 Beijing PM2.5 sites, July to December 2016, shipped inside the package.
+
+        Parsed once per process: the package's files do not change and the series are read-only,
+        so every store shares them.
+        """
+        series, attribution = _read_embedded()
         return cls(series, attribution=attribution)
 
     @classmethod
@@ -165,3 +159,20 @@ class SeriesStore:
             known_future=known_future,
             max_context=max_context,
         )
+
+
+@functools.cache
+def _read_embedded() -> tuple[tuple[Series, ...], str | None]:
+    root = resources.files(_EMBEDDED_PACKAGE).joinpath(_EMBEDDED_DIR)
+    series = []
+    attribution: str | None = None
+    for entry in root.iterdir():
+        if entry.name == "ATTRIBUTION.md":
+            attribution = entry.read_text(encoding="utf-8")
+        elif entry.name.endswith(".csv") and entry.is_file():
+            sid = entry.name[: -len(".csv")]
+            where = f"{_EMBEDDED_PACKAGE}/{_EMBEDDED_DIR}/{entry.name}"
+            series.append(parse_series(entry.read_bytes(), sid, where, _EMBEDDED_SOURCE.format(id=sid)))
+    if not series:
+        raise ValueError(f"{_EMBEDDED_PACKAGE}/{_EMBEDDED_DIR}: no embedded CSV files (broken installation?)")
+    return tuple(series), attribution
