@@ -1,0 +1,102 @@
+"""The online cost model, pure: it recovers a known cost, adapts to a change, sees co-location."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from chronoserve.costs import BatchFeatures, Colocation, CostModel, RecursiveLeastSquares
+
+
+def synthetic(model_gflops: dict[str, float], n: int, seed: int, slow: float = 1.0, colocated: bool = True):
+    """Batches with a known cost: 2 ms + 1 ms/GFLOP (+60 % per neighbour) + 0.05 ms/row, 2 % noise."""
+    rng = np.random.default_rng(seed)
+    names = list(model_gflops)
+    for _ in range(n):
+        model = names[rng.integers(len(names))]
+        rows = int(rng.integers(1, 65))
+        gflop = model_gflops[model] * rows
+        concurrency = float(rng.uniform(0, 1.5)) if colocated else 0.0
+        f = BatchFeatures(model, gflop, rows, concurrency)
+        seconds = slow * (0.002 + 0.001 * gflop * (1 + 0.6 * concurrency) + 0.00005 * rows)
+        yield f, seconds * float(rng.normal(1.0, 0.02))
+
+
+def relative_errors(model: CostModel, batches) -> np.ndarray:
+    return np.array([abs(model.predict_batch(f) - s) / s for f, s in batches])
+
+
+def test_rls_recovers_a_linear_function_without_noise():
+    rls = RecursiveLeastSquares(3, forgetting=1.0)
+    rng = np.random.default_rng(0)
+    theta = np.array([0.5, -2.0, 3.0])
+    for _ in range(50):
+        x = np.array([1.0, *rng.normal(size=2)])
+        rls.update(x, float(theta @ x))
+    # up to the pull of its prior (P0 = 1e3 I: a ridge of 1e-3, so about 1e-5 here)
+    np.testing.assert_allclose(rls.theta, theta, rtol=1e-4, atol=1e-4)
+
+
+def test_the_cost_model_recovers_a_known_cost():
+    model = CostModel()
+    gflops = {"small": 0.05, "large": 0.8}
+    for f, s in synthetic(gflops, 300, seed=1):
+        model.observe_batch(f, s)
+    errors = relative_errors(model, list(synthetic(gflops, 200, seed=2)))
+    assert np.median(errors) < 0.03 and np.percentile(errors, 90) < 0.08
+
+
+def test_after_a_step_change_it_adapts_within_fifty_batches():
+    model = CostModel(forgetting=0.95)
+    gflops = {"m": 0.3}
+    for f, s in synthetic(gflops, 200, seed=3):
+        model.observe_batch(f, s)
+    for f, s in synthetic(gflops, 50, seed=4, slow=2.0):  # the machine got twice as slow
+        model.observe_batch(f, s)
+    errors = relative_errors(model, list(synthetic(gflops, 100, seed=5, slow=2.0)))
+    assert np.median(errors) < 0.05
+
+
+def test_neighbours_make_a_batch_predicted_slower():
+    model = CostModel()
+    for f, s in synthetic({"m": 0.3}, 300, seed=6):
+        model.observe_batch(f, s)
+    alone = model.predict_batch(BatchFeatures("m", 9.6, 32, 0.0))
+    beside_one = model.predict_batch(BatchFeatures("m", 9.6, 32, 1.0))
+    assert beside_one > 1.4 * alone  # the truth: 1.6x on the GFLOP term
+
+
+def test_a_model_never_seen_is_predicted_from_its_size():
+    model = CostModel()
+    for f, s in synthetic({"a": 0.05, "b": 0.2, "c": 0.8}, 400, seed=7):
+        model.observe_batch(f, s)
+    unseen = list(synthetic({"new": 0.4}, 100, seed=8))
+    assert "new" not in model.models
+    assert np.median(relative_errors(model, unseen)) < 0.05
+    # and its own batches refine it from there
+    for f, s in unseen[:30]:
+        model.observe_batch(f, s)
+    assert "new" in model.models and np.median(relative_errors(model, unseen[30:])) < 0.05
+
+
+def test_colocation_averages_the_neighbours_over_a_batch_run():
+    c = Colocation(alpha=0.5)
+    c.started("a", 0.0)
+    c.started("b", 1.0)  # b runs beside a from 1 to 3
+    assert c.finished("b", 3.0) == pytest.approx(1.0)  # a ran beside b all its run
+    assert c.predict() == pytest.approx(0.5 * 1 + 0.5 * 0.5)  # a is running; the EWMA saw 1.0
+    assert c.finished("a", 4.0) == pytest.approx(2.0 / 4.0)  # b beside a for 2 of its 4 seconds
+    assert c.predict() == pytest.approx(0.5 * 0 + 0.5 * 0.5)  # nothing runs; the EWMA is now 0.5
+
+
+def test_loads_are_learned_per_model_and_shared_for_new_ones():
+    model = CostModel()
+    for nbytes, seconds in [(3_000_000, 0.06), (35_000_000, 0.1), (480_000_000, 0.9)] * 20:
+        model.observe_load(f"m{nbytes}", nbytes, seconds)
+    assert model.predict_load("m35000000", 35_000_000) == pytest.approx(0.1, rel=0.05)
+    assert 0.06 < model.predict_load("never", 200_000_000) < 0.9
+
+
+def test_forgetting_outside_its_range_is_refused():
+    with pytest.raises(ValueError, match="forgetting"):
+        RecursiveLeastSquares(2, forgetting=0.0)
