@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any
 
 from .clock import Clock, MonotonicClock, TimerHandle
+from .costs import BatchFeatures, Colocation, CostModel
 from .errors import (
     ChronoserveError,
     EngineClosed,
@@ -32,7 +33,7 @@ from .errors import (
 from .events import EngineObserver
 from .executor import Executor, ThreadExecutor
 from .jobs import BatchOutcome, run_job
-from .limits import DEFAULT_LIMITS, Limits
+from .limits import DEFAULT_LIMITS, Limits, estimate_gflop
 from .models.base import (
     BackendForecast,
     ModelLoader,
@@ -161,6 +162,10 @@ class Engine:
         self._pending: dict[int, _Pending] = {}
         self._running: dict[int, RunningBatch] = {}
         self._signals: dict[int, StopSignal] = {}
+        self.costs = CostModel()
+        """The online cost model: learns from every batch and load (see :mod:`chronoserve.costs`)."""
+        self._colocation = Colocation()
+        self._predictions: dict[int, tuple[BatchFeatures, float]] = {}
         self._batch_members: dict[int, list[_Pending]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._seq = itertools.count()
@@ -600,6 +605,7 @@ class Engine:
         else:
             entry = self._pool.finish_load(spec.name, backend, self._clock.now())
             self._notify("model_loaded", spec.name, entry.load_seconds or 0.0, entry.nbytes)
+            self.costs.observe_load(spec.name, entry.nbytes, entry.load_seconds or 0.0)
         finally:
             self._poke()
 
@@ -677,6 +683,9 @@ class Engine:
         signal = StopSignal(self._clock, None if bound is None else now + bound, bound)
         self._signals[batch_id] = signal
         self._batch_members[batch_id] = members
+        features = self._batch_features(members, self._colocation.predict())
+        self._predictions[batch_id] = (features, self.costs.predict_batch(features))
+        self._colocation.started(batch_id, now)
         self.counters["batches"] += 1
         self.counters["batched_requests"] += n
         resident = None if decision.ephemeral else entry
@@ -715,6 +724,7 @@ class Engine:
                 self._settle_error(pending, error)
         else:
             self._notify("batch_finished", spec.name, len(members), outcome.inference_seconds, True)
+            self._learn_batch(batch_id, outcome.inference_seconds)
             if entry is None:  # a private load for this batch (naive)
                 self._notify("model_loaded", spec.name, outcome.load_seconds, spec.est_nbytes)
             self._deliver(
@@ -725,10 +735,32 @@ class Engine:
             self._running.pop(batch_id, None)
             self._signals.pop(batch_id, None)
             self._batch_members.pop(batch_id, None)
+            self._predictions.pop(batch_id, None)
+            with contextlib.suppress(KeyError):
+                self._colocation.finished(batch_id, self._clock.now())
             if entry is not None:
                 entry.running -= 1
                 entry.last_used = self._clock.now()
             self._poke()
+
+    def _batch_features(self, members: Sequence[_Pending], concurrency: float) -> BatchFeatures:
+        spec = members[0].spec
+        rows = gflop = 0.0
+        for p in members:
+            r = 1 + len(p.prepared.past_covariates or ()) + len(p.prepared.future_covariates or ())
+            rows += r
+            gflop += estimate_gflop(spec, context=len(p.prepared.context), horizon=p.prepared.horizon, rows=r)
+        return BatchFeatures(spec.name, gflop, int(rows), concurrency)
+
+    def _learn_batch(self, batch_id: int, seconds: float) -> None:
+        predicted = self._predictions.pop(batch_id, None)
+        if predicted is None:
+            return
+        features, prediction = predicted
+        seen = self._colocation.finished(batch_id, self._clock.now())
+        actual = BatchFeatures(features.model, features.gflop, features.rows, seen)
+        self.costs.observe_batch(actual, seconds)
+        self._notify("batch_cost", actual, prediction, seconds)
 
     def _deliver(
         self,

@@ -100,3 +100,30 @@ def test_loads_are_learned_per_model_and_shared_for_new_ones():
 def test_forgetting_outside_its_range_is_refused():
     with pytest.raises(ValueError, match="forgetting"):
         RecursiveLeastSquares(2, forgetting=0.0)
+
+
+# -- fed by the engine ----------------------------------------------------------------------------
+
+
+async def test_the_engine_feeds_the_cost_model_every_batch_with_its_features():
+    from chronoserve import ForecastRequest
+    from chronoserve.events import EngineObserver
+    from chronoserve.testing import FakeLoader, fake_engine, fake_spec
+
+    seen = []
+
+    class Costs(EngineObserver):
+        def batch_cost(self, features, predicted_seconds, seconds):
+            seen.append((features, predicted_seconds, seconds))
+
+    loader = FakeLoader(specs={"c2": fake_spec("c2", batch_patch=16)})
+    async with fake_engine(loader=loader, observers=[Costs()], policy_options={"max_batch": 4}) as engine:
+        requests = [
+            ForecastRequest(model="c2", target=np.ones(64), horizon=8, past_covariates={"a": np.ones(64)})
+            for _ in range(8)
+        ]
+        await engine.forecast_many(requests)
+    assert [f.rows for f, _, _ in seen] == [8, 8]  # 4 requests x (target + 1 covariate)
+    assert all(f.model == "c2" and f.gflop > 0 and f.concurrency == 0.0 for f, _, _ in seen)
+    assert engine.costs.models["c2"].count == 2
+    assert "c2" in engine.costs.loads  # the load was learned too

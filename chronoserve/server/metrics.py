@@ -17,11 +17,13 @@ from prometheus_client.registry import Collector
 from chronoserve.events import EngineObserver
 
 if TYPE_CHECKING:
+    from chronoserve.costs import BatchFeatures
     from chronoserve.engine import Engine
     from chronoserve.request import ForecastResult
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+ERROR_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
 
 
 class _EngineState(Collector):
@@ -111,6 +113,14 @@ class ServerMetrics(EngineObserver):
             registry=r,
         )
         self.batch_failures = Counter("chronoserve_batch_failures", "Batches that raised.", ["model"], registry=r)
+        self.prediction_error = Histogram(
+            "chronoserve_batch_latency_prediction_error",
+            "|predicted - actual| / actual of each batch's latency, as the online cost model predicted it "
+            "at dispatch (chronoserve.costs).",
+            ["model"],
+            buckets=ERROR_BUCKETS,
+            registry=r,
+        )
         self.load_seconds = Histogram(
             "chronoserve_model_load_seconds",
             "Model load time (Ray Serve: ray_serve_multiplexed_model_load_latency_ms).",
@@ -157,6 +167,10 @@ class ServerMetrics(EngineObserver):
             self.inference_time.labels(model).observe(inference_seconds)
         else:
             self.batch_failures.labels(model).inc()
+
+    def batch_cost(self, features: BatchFeatures, predicted_seconds: float, seconds: float) -> None:
+        if seconds > 0:
+            self.prediction_error.labels(features.model).observe(abs(predicted_seconds - seconds) / seconds)
 
     def model_loaded(self, model: str, seconds: float, nbytes: int) -> None:
         self.load_seconds.labels(model).observe(seconds)
