@@ -20,8 +20,9 @@ the engine feeds it and policies may read it, and the tests drive it with made-u
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -120,6 +121,24 @@ class Colocation:
     def predict(self) -> float:
         """The neighbours a batch starting now should expect: those running now, smoothed."""
         return self.alpha * len(self._running) + (1.0 - self.alpha) * self.ewma
+
+
+class CostView:
+    """A policy's read-only window on a :class:`CostModel` (``SchedulerState.costs``)."""
+
+    __slots__ = ("_colocation", "_model")
+
+    def __init__(self, model: CostModel, colocation: Colocation) -> None:
+        self._model = model
+        self._colocation = colocation
+
+    def batch_seconds(self, model: str, requests: Sequence[Any]) -> float:
+        gflop = sum(r.gflop for r in requests)
+        rows = sum(r.rows for r in requests)
+        return self._model.predict_batch(BatchFeatures(model, gflop, rows, self._colocation.predict()))
+
+    def load_seconds(self, model: str, nbytes: int) -> float:
+        return self._model.predict_load(model, nbytes)
 
 
 class CostModel:

@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Any
 
 from .clock import Clock, MonotonicClock, TimerHandle
-from .costs import BatchFeatures, Colocation, CostModel
+from .costs import BatchFeatures, Colocation, CostModel, CostView
 from .errors import (
     ChronoserveError,
     EngineClosed,
@@ -165,6 +165,7 @@ class Engine:
         self.costs = CostModel()
         """The online cost model: learns from every batch and load (see :mod:`chronoserve.costs`)."""
         self._colocation = Colocation()
+        self._cost_view = CostView(self.costs, self._colocation)
         self._predictions: dict[int, tuple[BatchFeatures, float]] = {}
         self._batch_members: dict[int, list[_Pending]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -318,7 +319,11 @@ class Engine:
         key = batch_key(
             spec, prepared.horizon, covariate_signature(prepared.past_covariates, prepared.future_covariates)
         )
-        queued = QueuedRequest(seq, spec.name, self._clock.now(), prepared.horizon, len(prepared.context), key)
+        rows = 1 + len(prepared.past_covariates or ()) + len(prepared.future_covariates or ())
+        gflop = estimate_gflop(spec, context=len(prepared.context), horizon=prepared.horizon, rows=rows)
+        queued = QueuedRequest(
+            seq, spec.name, self._clock.now(), prepared.horizon, len(prepared.context), key, gflop=gflop, rows=rows
+        )
         assert self._wake is not None
         future: asyncio.Future[ForecastResult] = asyncio.get_running_loop().create_future()
         entry = self._pool.get(spec.name)
@@ -511,6 +516,7 @@ class Engine:
             free_workers=self._free,
             model_sizes=sizes,
             draining=self._draining,
+            costs=self._cost_view,
         )
 
     def _tick(self) -> float | None:
@@ -744,13 +750,9 @@ class Engine:
             self._poke()
 
     def _batch_features(self, members: Sequence[_Pending], concurrency: float) -> BatchFeatures:
-        spec = members[0].spec
-        rows = gflop = 0.0
-        for p in members:
-            r = 1 + len(p.prepared.past_covariates or ()) + len(p.prepared.future_covariates or ())
-            rows += r
-            gflop += estimate_gflop(spec, context=len(p.prepared.context), horizon=p.prepared.horizon, rows=r)
-        return BatchFeatures(spec.name, gflop, int(rows), concurrency)
+        gflop = sum(p.queued.gflop for p in members)
+        rows = sum(p.queued.rows for p in members)
+        return BatchFeatures(members[0].spec.name, gflop, rows, concurrency)
 
     def _learn_batch(self, batch_id: int, seconds: float) -> None:
         predicted = self._predictions.pop(batch_id, None)

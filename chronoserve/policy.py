@@ -41,6 +41,10 @@ class QueuedRequest:
     key: Hashable
     """Batch key: requests may share a batch only when their keys are equal."""
     deadline: float | None = None
+    gflop: float = 0.0
+    """Its estimated work (:func:`chronoserve.limits.estimate_gflop`): what a batch of it costs."""
+    rows: int = 1
+    """Its series rows: the target and, for Chronos-2, each covariate."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +124,8 @@ class SchedulerState:
     """Estimated bytes of every model named in ``queues`` or ``models``."""
     draining: bool = False
     """The engine is closing: run what is queued now rather than wait for fuller batches."""
+    costs: CostEstimates | None = None
+    """The cost model's predictions (None in states built without one)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +160,22 @@ class WakeAt:
 Decision = Load | Evict | Dispatch | Fail | WakeAt
 #: The decision types, for ``isinstance`` checks.
 DECISIONS: tuple[type, ...] = (Load, Evict, Dispatch, Fail, WakeAt)
+
+
+class CostEstimates(Protocol):
+    """What the engine's cost model predicts, as a policy may ask it (``SchedulerState.costs``).
+
+    Backed by :class:`chronoserve.costs.CostModel`, learned from every batch and load; valid
+    during ``decide`` only, like the queues.
+    """
+
+    def batch_seconds(self, model: str, requests: Sequence[QueuedRequest]) -> float:
+        """How long a batch of ``requests`` on ``model`` would take if dispatched now."""
+        ...
+
+    def load_seconds(self, model: str, nbytes: int) -> float:
+        """How long loading ``model`` (``nbytes``) would take."""
+        ...
 
 
 class SchedulingPolicy(Protocol):

@@ -27,11 +27,12 @@ import numpy as np
 from .errors import ModelLoadError, UnknownModel
 from .executor import InlineExecutor
 from .models.base import BackendForecast, ModelBackend, ModelLoader, ModelSpec, PreparedRequest
-from .policy import ModelState, QueuedRequest, RunningBatch, SchedulerState, SchedulingPolicy
+from .policy import CostEstimates, ModelState, QueuedRequest, RunningBatch, SchedulerState, SchedulingPolicy
 from .stopping import checkpoint
 
 __all__ = [
     "FakeClock",
+    "FakeCosts",
     "FakeLoader",
     "FakeModel",
     "fake_engine",
@@ -271,9 +272,28 @@ def queued(
     horizon: int = 24,
     context_length: int = 240,
     key: Hashable = (),
+    gflop: float = 0.0,
+    rows: int = 1,
 ) -> QueuedRequest:
     """A :class:`QueuedRequest` for hand-built policy states."""
-    return QueuedRequest(next(_seq) if seq is None else seq, model, arrival, horizon, context_length, key)
+    return QueuedRequest(
+        next(_seq) if seq is None else seq, model, arrival, horizon, context_length, key, gflop=gflop, rows=rows
+    )
+
+
+@dataclass(frozen=True)
+class FakeCosts:
+    """Cost estimates for hand-built states: ``base + per_gflop x GFLOP`` a batch, ``load`` a model load."""
+
+    base: float = 0.002
+    per_gflop: float = 0.001
+    load: float = 0.1
+
+    def batch_seconds(self, model: str, requests: Sequence[QueuedRequest]) -> float:
+        return self.base + self.per_gflop * sum(r.gflop for r in requests)
+
+    def load_seconds(self, model: str, nbytes: int) -> float:
+        return self.load
 
 
 def state(
@@ -285,6 +305,7 @@ def state(
     free_workers: int = 1,
     sizes: Mapping[str, int] | None = None,
     draining: bool = False,
+    costs: CostEstimates | None = None,
 ) -> SchedulerState:
     """Build a :class:`SchedulerState`.
 
@@ -311,6 +332,7 @@ def state(
         free_workers=free_workers,
         model_sizes={n: sizes.get(n, 1_000_000) for n in names},
         draining=draining,
+        costs=costs,
     )
 
 

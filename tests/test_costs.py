@@ -127,3 +127,51 @@ async def test_the_engine_feeds_the_cost_model_every_batch_with_its_features():
     assert all(f.model == "c2" and f.gflop > 0 and f.concurrency == 0.0 for f, _, _ in seen)
     assert engine.costs.models["c2"].count == 2
     assert "c2" in engine.costs.loads  # the load was learned too
+
+
+# -- what policies see ----------------------------------------------------------------------------
+
+
+def test_a_policy_reads_cost_estimates_from_a_hand_built_snapshot():
+    from chronoserve.policy import Dispatch, Policy
+    from chronoserve.testing import FakeCosts, queued, state
+
+    class UnderBudget(Policy):
+        """Dispatches the longest prefix of the queue whose predicted batch fits 50 ms."""
+
+        name = "under-budget"
+
+        def decide(self, state, now):
+            out = []
+            for model, queue in state.queues.items():
+                n = len(queue)
+                while n > 1 and state.costs.batch_seconds(model, queue[:n]) > 0.05:
+                    n -= 1
+                out.append(Dispatch(model, tuple(r.seq for r in queue[:n])))
+            return out
+
+    requests = [queued("m", float(i), seq=i, gflop=10.0) for i in range(8)]
+    decisions = UnderBudget().decide(state(requests, ready=["m"], costs=FakeCosts()), 10.0)
+    assert decisions == [Dispatch("m", (0, 1, 2, 3))]  # 2 ms + 4 x 10 ms = 42 ms; 5 would be 52
+
+
+async def test_the_engines_snapshot_carries_its_cost_model_and_each_requests_work():
+    from chronoserve import ForecastRequest
+    from chronoserve.policies.batched import BatchedPolicy
+    from chronoserve.testing import FakeLoader, fake_engine, fake_spec
+
+    snapshots = []
+
+    class Watching(BatchedPolicy):
+        def decide(self, state, now):
+            snapshots.append((state.costs, [(r.gflop, r.rows) for q in state.queues.values() for r in q]))
+            return super().decide(state, now)
+
+    loader = FakeLoader(specs={"c2": fake_spec("c2", batch_patch=16)})
+    async with fake_engine(Watching(max_batch=2), loader=loader) as engine:
+        await engine.forecast_many(
+            [ForecastRequest(model="c2", target=np.ones(64), horizon=8, past_covariates={"a": np.ones(64)})] * 2
+        )
+    costs, work = next((c, w) for c, w in snapshots if w)
+    assert costs is not None and costs.batch_seconds("c2", []) >= 0.0
+    assert all(gflop > 0 and rows == 2 for gflop, rows in work)
