@@ -125,6 +125,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         data=args.data,
         max_body_bytes=args.max_body_bytes,
         drain_timeout=args.drain_timeout,
+        log_predictions=args.log_predictions,
         header_timeout=args.header_timeout,
         body_timeout=args.body_timeout,
         keep_alive_timeout=args.keep_alive_timeout,
@@ -207,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--max-body-bytes", type=positive_int, default=1 << 20, help="request body limit (1 MiB)")
     serve.add_argument("--no-warmup", action="store_true", help="report ready without loading models first")
+    serve.add_argument(
+        "--log-predictions",
+        default=None,
+        metavar="CSV",
+        help="write one row per batch: the cost model's predicted and the actual latency",
+    )
     limits = serve.add_argument_group("limits per request (see docs/http.md)")
     limits.add_argument(
         "--max-covariates",

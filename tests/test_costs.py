@@ -175,3 +175,50 @@ async def test_the_engines_snapshot_carries_its_cost_model_and_each_requests_wor
     costs, work = next((c, w) for c, w in snapshots if w)
     assert costs is not None and costs.batch_seconds("c2", []) >= 0.0
     assert all(gflop > 0 and rows == 2 for gflop, rows in work)
+
+
+# -- the prediction log ---------------------------------------------------------------------------
+
+
+async def test_serve_logs_each_batchs_predicted_and_actual_latency(tmp_path):
+    import httpx
+    from asgi_lifespan import LifespanManager
+
+    from chronoserve.perf import read_rows
+    from chronoserve.server import create_app
+    from chronoserve.testing import FakeLoader, fake_spec, server_settings
+
+    path = tmp_path / "predictions.csv"
+    loader = FakeLoader(specs={"m": fake_spec("m", family="chronos-bolt", supports_covariates=False)})
+    app = create_app(
+        server_settings(default_model="m", policy_options={"max_wait": 0.0}, log_predictions=str(path)), loader=loader
+    )
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            for n in (8, 16):
+                r = await client.post("/forecast", json={"target": [1.0] * n, "horizon_hours": 2})
+                assert r.status_code == 200
+    rows = read_rows(path)
+    assert len(rows) == len(loader.batch_sizes("m")) >= 2  # one row per batch (the warm-up's too)
+    assert {row["model"] for row in rows} == {"m"}
+    assert sum(int(row["rows"]) for row in rows) == 3  # the warm-up's series and the two requests'
+    assert all(float(row["gflop"]) > 0 and float(row["predicted_s"]) >= 0 for row in rows)
+    assert float(rows[-1]["predicted_s"]) > 0  # learned from the batches before it
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_replay_logs_predictions_in_process(tmp_path, capsys):
+    pytest.importorskip("torch")
+    from chronoserve.cli import main
+    from chronoserve.perf import read_rows
+    from chronoserve.traces import generate, write_trace
+
+    path = tmp_path / "t.jsonl"
+    write_trace(generate(12, "poisson", rate=50, seed=3, models=["random/tiny-chronos-bolt"], horizons=(4,)), path)
+    out = tmp_path / "run"
+    code = main(["replay", str(path), "--out", str(out), "--log-predictions", "--no-plots", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    rows = read_rows(out / "predictions.csv")
+    assert rows and all(row["model"] == "random/tiny-chronos-bolt" and float(row["latency_s"]) > 0 for row in rows)

@@ -15,7 +15,7 @@ neither torch nor matplotlib.
 from __future__ import annotations
 
 from .logger import BATCH_FIELDS, CsvMetricsLogger, read_rows
-from .recorder import BatchRecorder
+from .recorder import PREDICTION_FIELDS, BatchRecorder, PredictionRecorder
 from .sampler import BASE_FIELDS, MIN_INTERVAL_S, SystemSampler
 from .sensors import SENSOR_FIELDS, Sensors
 
@@ -25,6 +25,8 @@ __all__ = [
     "MIN_INTERVAL_S",
     "SENSOR_FIELDS",
     "BatchRecorder",
+    "PREDICTION_FIELDS",
+    "PredictionRecorder",
     "CsvMetricsLogger",
     "Sensors",
     "SystemSampler",

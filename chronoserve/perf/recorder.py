@@ -1,10 +1,11 @@
-"""An engine observer that logs every finished batch: :class:`BatchRecorder`."""
+"""Engine observers that log every finished batch: :class:`BatchRecorder`, :class:`PredictionRecorder`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from chronoserve.costs import BatchFeatures
 from chronoserve.events import EngineObserver
 
 from .logger import CsvMetricsLogger
@@ -44,3 +45,31 @@ class BatchRecorder(EngineObserver):
         self.batches += 1
         values = {**self._labels(model), "model": model, "batch_size": size, "latency_s": inference_seconds}
         self.logger.log(**values)
+
+
+#: The columns a :class:`PredictionRecorder` adds to :data:`~chronoserve.perf.BATCH_FIELDS`
+#: (``model`` and ``latency_s``, the batch's real inference time, come from those).
+PREDICTION_FIELDS: tuple[str, ...] = ("gflop", "rows", "concurrency", "predicted_s", "relative_error")
+
+
+class PredictionRecorder(EngineObserver):
+    """One row per batch: the cost model's prediction at dispatch and what the batch took.
+
+    ``logger`` must have :data:`PREDICTION_FIELDS` as its ``extra_fields``. ``relative_error``
+    is ``(predicted - actual) / actual``; ``concurrency`` the neighbours the batch really met.
+    ``serve --log-predictions PATH`` and ``replay --log-predictions`` write these.
+    """
+
+    def __init__(self, logger: CsvMetricsLogger) -> None:
+        self.logger = logger
+
+    def batch_cost(self, features: BatchFeatures, predicted_seconds: float, seconds: float) -> None:
+        self.logger.log(
+            model=features.model,
+            latency_s=seconds,
+            gflop=round(features.gflop, 6),
+            rows=features.rows,
+            concurrency=round(features.concurrency, 4),
+            predicted_s=predicted_seconds,
+            relative_error=(predicted_seconds - seconds) / seconds if seconds > 0 else None,
+        )

@@ -63,17 +63,21 @@ async def replay(
     plots: bool = True,
     lead: float = 0.2,
     system_stats: bool = False,
+    log_predictions: bool = False,
 ) -> ReplayResult:
     """Start ``target``, replay ``requests`` open loop, close it; summarise and write ``out``.
 
     ``system_stats`` (with ``out``) also writes ``system_stats.csv`` (a
     :class:`~chronoserve.perf.SystemSampler` of this machine, per core, every second) and, for
     an in-process target, ``batches.csv`` (one row per engine batch), both timed from the start
-    of the replay like the records.
+    of the replay like the records. ``log_predictions`` (with ``out``, in-process) writes
+    ``predictions.csv``: each batch's predicted and actual latency (the engine's cost model).
     """
     label = label or target.label
     await target.start()
     perf = _start_perf(out, target, lead) if system_stats and out is not None else None
+    if log_predictions and out is not None:
+        perf = (perf or []) + _start_predictions(out, target, lead)
     try:
         records = await run_trace(list(requests), target, lead=lead, progress=_Progress(len(requests), label, progress))
     finally:
@@ -92,6 +96,17 @@ async def replay(
 
             files += plot_replay(out, records, summary)
     return ReplayResult(summary, records, files)
+
+
+def _start_predictions(out: Path, target: Target, lead: float) -> list[CsvMetricsLogger | SystemSampler]:
+    from chronoserve.perf import PREDICTION_FIELDS, PredictionRecorder
+
+    engine = getattr(target, "engine", None)
+    if engine is None:  # a server logs its own (serve --log-predictions)
+        return []
+    logger = CsvMetricsLogger(out / "predictions.csv", PREDICTION_FIELDS, t0=time.monotonic() + lead)
+    engine.add_observer(PredictionRecorder(logger))
+    return [logger]
 
 
 def _start_perf(out: Path, target: Target, lead: float) -> list[CsvMetricsLogger | SystemSampler]:

@@ -41,6 +41,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help="also write system_stats.csv (CPU per core, memory, this process's CPU and RSS, every second) "
         "and, in-process, batches.csv (one row per engine batch) to --out",
     )
+    p.add_argument(
+        "--log-predictions",
+        action="store_true",
+        help="in-process: also write predictions.csv (each batch's predicted and actual latency) to --out",
+    )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     add_engine_options(p)
@@ -126,6 +131,7 @@ async def _run(
             progress=not args.quiet,
             plots=not args.no_plots,
             system_stats=args.system_stats,
+            log_predictions=args.log_predictions,
         )
         runs.append(result)
     summaries = [r.summary for r in runs]

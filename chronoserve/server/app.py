@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 from chronoserve.data import SeriesStore
 from chronoserve.engine import Engine
 from chronoserve.models.base import ModelLoader
+from chronoserve.perf import PREDICTION_FIELDS, CsvMetricsLogger, PredictionRecorder
 
 from .metrics import ServerMetrics
 from .routes import ROUTES, http_exception
@@ -61,6 +62,10 @@ def create_app(
             runtime.engine = s.engine.engine(
                 loader=runtime.loader, observers=[runtime.metrics], **dict(engine_options or {})
             )
+        predictions = None
+        if s.log_predictions is not None:
+            predictions = CsvMetricsLogger(s.log_predictions, PREDICTION_FIELDS)
+            runtime.engine.add_observer(PredictionRecorder(predictions))
         runtime.default_model = runtime.engine.canonical(s.default_model)
         runtime.extra_models = tuple(dict.fromkeys(runtime.engine.canonical(m) for m in s.models))
         await runtime.engine.start()
@@ -75,6 +80,8 @@ def create_app(
             if warm is not None:
                 warm.cancel()
             await runtime.finish()
+            if predictions is not None:
+                predictions.close()
 
     app = Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers={HTTPException: http_exception})
     app.state.runtime = runtime

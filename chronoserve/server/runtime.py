@@ -43,6 +43,8 @@ class ServerSettings:
     """A directory of series CSVs instead of the embedded Beijing PM2.5 data."""
     max_body_bytes: int = 1 << 20
     drain_timeout: float = 30.0
+    log_predictions: str | None = None
+    """A CSV path: one row per batch, the cost model's predicted and the actual latency."""
     # -- connections (see chronoserve.server.protocol) ------------------------------------------
     header_timeout: float = 10.0
     """Seconds a connection has to send a request's headers, from its first byte (or from
