@@ -19,6 +19,7 @@ Nothing here imports torch or numpy.
 from __future__ import annotations
 
 import math
+import numbers
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -78,6 +79,24 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+
+
+# -- numbers -------------------------------------------------------------------------------------
+
+
+def check_int(field: str, value: object, minimum: int, maximum: int | None = None) -> int:
+    """``value`` as an int within ``[minimum, maximum]``, or :class:`InvalidRequest` naming ``field``.
+
+    Any integral type (numpy's too) but ``bool``; never a float or a string.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InvalidRequest(field, f"must be an integer, got {type(value).__name__}")
+    value = int(value)
+    if value < minimum:
+        raise InvalidRequest(field, f"must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise InvalidRequest(field, f"must be at most {maximum}, got {value}")
+    return value
 
 
 # -- model names ---------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidRequest
-from .limits import DEFAULT_LIMITS, MAX_QUANTILE_LEVELS, MAX_SEED, MAX_SERIES_POINTS, Limits, check_cost
+from .limits import DEFAULT_LIMITS, MAX_QUANTILE_LEVELS, MAX_SEED, MAX_SERIES_POINTS, Limits, check_cost, check_int
 from .models.base import FloatArray, ModelSpec, PreparedRequest
 
 DEFAULT_QUANTILES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -130,16 +130,6 @@ def _as_series(field_name: str, values: object) -> FloatArray:
     return wide.astype(np.float32)
 
 
-def _check_int(field_name: str, value: object, minimum: int, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise InvalidRequest(field_name, f"must be an integer, got {type(value).__name__}")
-    if value < minimum:
-        raise InvalidRequest(field_name, f"must be at least {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise InvalidRequest(field_name, f"must be at most {maximum}, got {value}")
-    return int(value)
-
-
 def _check_levels(levels: Sequence[float]) -> tuple[float, ...]:
     given: object = levels
     if not isinstance(given, (Sequence, np.ndarray)) or isinstance(given, str):
@@ -176,7 +166,7 @@ def prepare(request: ForecastRequest, spec: ModelSpec, limits: Limits = DEFAULT_
     estimated cost (:func:`~chronoserve.limits.check_cost`) before any covariate is converted.
     Raises :class:`InvalidRequest` naming the field at fault.
     """
-    horizon = _check_int("horizon", request.horizon, 1)
+    horizon = check_int("horizon", request.horizon, 1)
     if horizon > spec.max_horizon:
         raise InvalidRequest(
             "horizon", f"{horizon} exceeds what {spec.name} produces in one pass ({spec.max_horizon} steps)"
@@ -186,7 +176,7 @@ def prepare(request: ForecastRequest, spec: ModelSpec, limits: Limits = DEFAULT_
         raise InvalidRequest("target", "must not be empty")
     n = target.size
     if request.context_length is not None:
-        wanted = _check_int("context_length", request.context_length, 1)
+        wanted = check_int("context_length", request.context_length, 1)
         if wanted > spec.context_length:
             raise InvalidRequest(
                 "context_length", f"{wanted} exceeds the context limit of {spec.name} ({spec.context_length} points)"
@@ -199,7 +189,7 @@ def prepare(request: ForecastRequest, spec: ModelSpec, limits: Limits = DEFAULT_
     if np.isnan(context).all():
         raise InvalidRequest("target", f"the last {n} points have no observed value (all NaN)")
     levels = _check_levels(request.quantile_levels)
-    seed = _check_int("seed", request.seed, 0, MAX_SEED)
+    seed = check_int("seed", request.seed, 0, MAX_SEED)
     covariates = _count_covariates(request)
     if covariates and not spec.supports_covariates:
         field_name = "past_covariates" if request.past_covariates else "future_covariates"

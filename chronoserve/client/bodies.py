@@ -23,6 +23,7 @@ from ..limits import (
     MAX_QUANTILE_LEVELS,
     MAX_SERIES_POINTS,
     answer_values,
+    check_int,
     check_model_name,
     check_time_axis,
 )
@@ -88,9 +89,9 @@ def forecast_body(
     anything is sent (``ValueError`` naming the field); the server checks the rest and answers
     422 naming the field.
     """
-    _check_count("horizon_hours", horizon_hours, 1, MAX_HORIZON)
+    check_int("horizon_hours", horizon_hours, 1, MAX_HORIZON)
     if context_hours is not None:
-        _check_count("context_hours", context_hours, 1, MAX_SERIES_POINTS)
+        check_int("context_hours", context_hours, 1, MAX_SERIES_POINTS)
     if model_name is not None:
         model_name = check_model_name(model_name, "model_name")
     if len(quantile_levels) > MAX_QUANTILE_LEVELS:
@@ -136,13 +137,6 @@ def forecast_body(
     if future is not None:
         body["future_covariates"] = future
     return body
-
-
-def _check_count(name: str, value: object, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name}: must be an integer, got {type(value).__name__}")
-    if not low <= value <= high:
-        raise ValueError(f"{name}: must lie in [{low}, {high}], got {value}")
 
 
 def _answer_size(body: Mapping[str, Any]) -> int:

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import InvalidRequest
 from ..limits import MAX_HORIZON as LIMITS_MAX_HORIZON
+from ..limits import check_int
 from ._reader import HOUR, FloatArray, Series, iso
 
 #: A ceiling on ``horizon`` (:data:`chronoserve.limits.MAX_HORIZON`) so that a silly request
@@ -60,14 +61,6 @@ class Window:
         return int(self.target.shape[0])
 
 
-def _check_int(field: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise InvalidRequest(field, f"must be an integer, got {value!r}")
-    if value < minimum:
-        raise InvalidRequest(field, f"must be at least {minimum}, got {value}")
-    return int(value)
-
-
 def _check_end(end: object) -> datetime:
     if isinstance(end, str):
         try:
@@ -94,7 +87,7 @@ def cut_window(
     max_context: int | None = None,
 ) -> Window:
     """The window of ``s`` for one forecast; see :meth:`chronoserve.data.SeriesStore.window`."""
-    h = _check_int("horizon", horizon, 1)
+    h = check_int("horizon", horizon, 1)
     if h > MAX_HORIZON:
         raise InvalidRequest("horizon", f"{h} exceeds the limit of {MAX_HORIZON} hours")
     if max_context is not None and (isinstance(max_context, bool) or max_context < 1):
@@ -120,7 +113,7 @@ def cut_window(
     if context is None:
         n = e if max_context is None else min(e, max_context)
     else:
-        n = _check_int("context", context, 1)
+        n = check_int("context", context, 1)
         if n > e:
             raise InvalidRequest(
                 "context", f"{n} hours asked, but {s.info.id!r} has only {e} hours of history before {when}"
