@@ -319,7 +319,7 @@ class Engine:
         key = batch_key(
             spec, prepared.horizon, covariate_signature(prepared.past_covariates, prepared.future_covariates)
         )
-        rows = 1 + len(prepared.past_covariates or ()) + len(prepared.future_covariates or ())
+        rows = prepared.rows
         gflop = estimate_gflop(spec, context=len(prepared.context), horizon=prepared.horizon, rows=rows)
         queued = QueuedRequest(
             seq, spec.name, self._clock.now(), prepared.horizon, len(prepared.context), key, gflop=gflop, rows=rows

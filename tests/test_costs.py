@@ -222,3 +222,12 @@ def test_replay_logs_predictions_in_process(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     rows = read_rows(out / "predictions.csv")
     assert rows and all(row["model"] == "random/tiny-chronos-bolt" and float(row["latency_s"]) > 0 for row in rows)
+
+
+def test_a_known_future_covariate_is_one_row_not_two():
+    from chronoserve.models.base import PreparedRequest
+
+    one = np.ones(4, dtype=np.float32)
+    both = PreparedRequest(one, 2, (0.5,), past_covariates={"a": one, "b": one}, future_covariates={"a": one[:2]})
+    assert both.rows == 3  # target, a (past and future), b
+    assert PreparedRequest(one, 2, (0.5,)).rows == 1

@@ -73,6 +73,12 @@ class PreparedRequest:
     future_covariates: Mapping[str, FloatArray] | None = None
     seed: int = 0
 
+    @property
+    def rows(self) -> int:
+        """Series rows the model reads: the target and one per covariate (a known-future
+        covariate is one row, its past and future values together)."""
+        return 1 + len(set(self.past_covariates or ()) | set(self.future_covariates or ()))
+
 
 @dataclass(frozen=True)
 class BackendForecast:
