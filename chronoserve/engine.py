@@ -79,6 +79,18 @@ class _Pending:
     """The id of the batch it was dispatched in."""
 
 
+@dataclass(slots=True)
+class _InFlight:
+    """A dispatched batch, from dispatch to its end: what policies see of it, who waits for it,
+    how to stop it, and what the cost model predicted for it."""
+
+    running: RunningBatch
+    members: list[_Pending]
+    signal: StopSignal
+    features: BatchFeatures
+    predicted: float
+
+
 def default_workers() -> int:
     """Inference workers by default: 2 where there are 2 cores or more.
 
@@ -160,14 +172,11 @@ class Engine:
         self._resolving: dict[str, asyncio.Future[ModelSpec]] = {}
         self._queues: dict[str, list[QueuedRequest]] = {}
         self._pending: dict[int, _Pending] = {}
-        self._running: dict[int, RunningBatch] = {}
-        self._signals: dict[int, StopSignal] = {}
+        self._inflight: dict[int, _InFlight] = {}
         self.costs = CostModel()
         """The online cost model: learns from every batch and load (see :mod:`chronoserve.costs`)."""
         self._colocation = Colocation()
         self._cost_view = CostView(self.costs, self._colocation)
-        self._predictions: dict[int, tuple[BatchFeatures, float]] = {}
-        self._batch_members: dict[int, list[_Pending]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._seq = itertools.count()
         self._batch_ids = itertools.count()
@@ -229,8 +238,8 @@ class Engine:
                 self._settle_error(pending, EngineClosed("the engine closed before this request ran"))
         if drain and timeout is not None:
             # Past the drain timeout: running batches stop at their model's next layer.
-            for signal in self._signals.values():
-                signal.stop(EngineClosed("the engine closed while this request ran (drain timeout)"))
+            for batch in self._inflight.values():
+                batch.signal.stop(EngineClosed("the engine closed while this request ran (drain timeout)"))
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         self._closed = True
@@ -358,10 +367,9 @@ class Engine:
             self._poke()
         elif pending is not None and pending.batch is not None:
             # Running: if every request of its batch is gone, nobody waits for the batch.
-            members = self._batch_members.get(pending.batch, ())
-            signal = self._signals.get(pending.batch)
-            if signal is not None and all(m.future.done() for m in members):
-                signal.stop(EngineClosed("every request of the batch was cancelled"))
+            batch = self._inflight.get(pending.batch)
+            if batch is not None and all(m.future.done() for m in batch.members):
+                batch.signal.stop(EngineClosed("every request of the batch was cancelled"))
 
     def _check_load_backoff(self, model: str) -> None:
         failure = self._pool.failed.get(model)
@@ -454,7 +462,7 @@ class Engine:
             batches=c["batches"],
             batched_requests=c["batched_requests"],
             queued=self._queued,
-            running_batches=len(self._running),
+            running_batches=len(self._inflight),
             free_slots=self._free,
             loads=self._pool.loads,
             load_failures=self._pool.load_failures,
@@ -512,7 +520,7 @@ class Engine:
         return SchedulerState(
             queues=queues,
             models=self._pool.states(),
-            running=tuple(self._running.values()),
+            running=tuple(b.running for b in self._inflight.values()),
             free_workers=self._free,
             model_sizes=sizes,
             draining=self._draining,
@@ -684,13 +692,21 @@ class Engine:
         batch_id = next(self._batch_ids)
         for p in members:
             p.batch = batch_id
-        self._running[batch_id] = RunningBatch(decision.model, n, now, decision.ephemeral)
         bound = self.limits.max_inference_seconds
         signal = StopSignal(self._clock, None if bound is None else now + bound, bound)
-        self._signals[batch_id] = signal
-        self._batch_members[batch_id] = members
-        features = self._batch_features(members, self._colocation.predict())
-        self._predictions[batch_id] = (features, self.costs.predict_batch(features))
+        features = BatchFeatures(
+            decision.model,
+            sum(p.queued.gflop for p in members),
+            sum(p.queued.rows for p in members),
+            self._colocation.predict(),
+        )
+        self._inflight[batch_id] = _InFlight(
+            RunningBatch(decision.model, n, now, decision.ephemeral),
+            members,
+            signal,
+            features,
+            self.costs.predict_batch(features),
+        )
         self._colocation.started(batch_id, now)
         self.counters["batches"] += 1
         self.counters["batched_requests"] += n
@@ -712,6 +728,7 @@ class Engine:
         job: asyncio.Future[BatchOutcome],
     ) -> None:
         spec = members[0].spec
+        seconds: float | None = None  # the batch's inference time, once it ran
         try:
             outcome = await job
         except Exception as exc:
@@ -729,8 +746,8 @@ class Engine:
             for pending in members:
                 self._settle_error(pending, error)
         else:
-            self._notify("batch_finished", spec.name, len(members), outcome.inference_seconds, True)
-            self._learn_batch(batch_id, outcome.inference_seconds)
+            seconds = outcome.inference_seconds
+            self._notify("batch_finished", spec.name, len(members), seconds, True)
             if entry is None:  # a private load for this batch (naive)
                 self._notify("model_loaded", spec.name, outcome.load_seconds, spec.est_nbytes)
             self._deliver(
@@ -738,31 +755,17 @@ class Engine:
             )
         finally:
             self._free += 1
-            self._running.pop(batch_id, None)
-            self._signals.pop(batch_id, None)
-            self._batch_members.pop(batch_id, None)
-            self._predictions.pop(batch_id, None)
-            with contextlib.suppress(KeyError):
-                self._colocation.finished(batch_id, self._clock.now())
+            batch = self._inflight.pop(batch_id)
+            met = self._colocation.finished(batch_id, self._clock.now())
+            if seconds is not None:  # learn what it cost, with the neighbours it really met
+                f = batch.features
+                actual = BatchFeatures(f.model, f.gflop, f.rows, met)
+                self.costs.observe_batch(actual, seconds)
+                self._notify("batch_cost", actual, batch.predicted, seconds)
             if entry is not None:
                 entry.running -= 1
                 entry.last_used = self._clock.now()
             self._poke()
-
-    def _batch_features(self, members: Sequence[_Pending], concurrency: float) -> BatchFeatures:
-        gflop = sum(p.queued.gflop for p in members)
-        rows = sum(p.queued.rows for p in members)
-        return BatchFeatures(members[0].spec.name, gflop, rows, concurrency)
-
-    def _learn_batch(self, batch_id: int, seconds: float) -> None:
-        predicted = self._predictions.pop(batch_id, None)
-        if predicted is None:
-            return
-        features, prediction = predicted
-        seen = self._colocation.finished(batch_id, self._clock.now())
-        actual = BatchFeatures(features.model, features.gflop, features.rows, seen)
-        self.costs.observe_batch(actual, seconds)
-        self._notify("batch_cost", actual, prediction, seconds)
 
     def _deliver(
         self,
