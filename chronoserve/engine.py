@@ -33,7 +33,7 @@ from .errors import (
 from .events import EngineObserver
 from .executor import Executor, ThreadExecutor
 from .jobs import BatchOutcome, run_job
-from .limits import DEFAULT_LIMITS, Limits, estimate_gflop
+from .limits import DEFAULT_LIMITS, Limits
 from .models.base import (
     BackendForecast,
     ModelLoader,
@@ -328,10 +328,15 @@ class Engine:
         key = batch_key(
             spec, prepared.horizon, covariate_signature(prepared.past_covariates, prepared.future_covariates)
         )
-        rows = prepared.rows
-        gflop = estimate_gflop(spec, context=len(prepared.context), horizon=prepared.horizon, rows=rows)
         queued = QueuedRequest(
-            seq, spec.name, self._clock.now(), prepared.horizon, len(prepared.context), key, gflop=gflop, rows=rows
+            seq,
+            spec.name,
+            self._clock.now(),
+            prepared.horizon,
+            len(prepared.context),
+            key,
+            gflop=prepared.gflop,
+            rows=prepared.rows,
         )
         assert self._wake is not None
         future: asyncio.Future[ForecastResult] = asyncio.get_running_loop().create_future()

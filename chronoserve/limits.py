@@ -178,19 +178,18 @@ def estimate_gflop(spec: ModelSpec, *, context: int, horizon: int, rows: int = 1
     return 2.0 * params * tokens * rows / 1e9
 
 
-def check_cost(spec: ModelSpec, limits: Limits, *, context: int, horizon: int, covariates: int) -> None:
-    """Refuse (:class:`TooCostly`, naming the field that adds most) a request over the budget."""
+def check_cost(spec: ModelSpec, limits: Limits, *, context: int, horizon: int, covariates: int) -> float:
+    """The request's estimated GFLOP; refuses (:class:`TooCostly`, naming the field that adds most)
+    a request over the budget."""
     if covariates > limits.max_covariates:
         raise InvalidRequest(
             "past_covariates",
             f"{covariates} covariates; this server allows at most {limits.max_covariates} per request",
         )
-    budget = limits.max_request_gflop
-    if budget is None:
-        return
     cost = estimate_gflop(spec, context=context, horizon=horizon, rows=1 + covariates)
-    if cost <= budget:
-        return
+    budget = limits.max_request_gflop
+    if budget is None or cost <= budget:
+        return cost
     if covariates and estimate_gflop(spec, context=context, horizon=horizon) <= budget:
         field = "past_covariates"  # the series alone would fit: the covariates are too many
     elif estimate_gflop(spec, context=1, horizon=horizon) > estimate_gflop(spec, context=context, horizon=1):

@@ -196,7 +196,7 @@ def prepare(request: ForecastRequest, spec: ModelSpec, limits: Limits = DEFAULT_
         raise InvalidRequest(
             field_name, f"{spec.name} ({spec.family}) cannot use covariates; only Chronos-2 models can"
         )
-    check_cost(spec, limits, context=n, horizon=horizon, covariates=covariates)
+    gflop = check_cost(spec, limits, context=n, horizon=horizon, covariates=covariates)
     past, future = _prepare_covariates(request, target.size, n, horizon)
     return PreparedRequest(
         context=np.ascontiguousarray(context),
@@ -205,6 +205,7 @@ def prepare(request: ForecastRequest, spec: ModelSpec, limits: Limits = DEFAULT_
         past_covariates=past,
         future_covariates=future,
         seed=seed,
+        gflop=gflop,
     )
 
 

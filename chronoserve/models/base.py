@@ -72,6 +72,8 @@ class PreparedRequest:
     past_covariates: Mapping[str, FloatArray] | None = None
     future_covariates: Mapping[str, FloatArray] | None = None
     seed: int = 0
+    gflop: float = 0.0
+    """Its estimated work (:func:`chronoserve.limits.estimate_gflop`), set by ``prepare``."""
 
     @property
     def rows(self) -> int:
