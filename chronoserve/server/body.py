@@ -18,7 +18,7 @@ logger = logging.getLogger("chronoserve.server")
 
 
 class ClientGone(Exception):
-    """The client disconnected before its body had arrived: there is no one left to answer."""
+    """The client disconnected (while sending its body, or before its answer): there is no one left to answer."""
 
 
 async def read_body(request: Request, *, limit: int, timeout: float, draining: asyncio.Event) -> bytes:

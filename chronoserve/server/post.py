@@ -37,10 +37,6 @@ async def _until_disconnected(request: Request) -> None:
             return
 
 
-class _ClientGone(Exception):
-    pass
-
-
 async def _unless_disconnected(request: Request, work: Awaitable[Any]) -> Any:
     """Await ``work``; if the client disconnects first, cancel it (the engine drops queued requests)."""
     task = asyncio.ensure_future(work)
@@ -57,7 +53,7 @@ async def _unless_disconnected(request: Request, work: Awaitable[Any]) -> Any:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await task
-    raise _ClientGone
+    raise ClientGone
 
 
 def runtime_of(request: Request) -> ServerRuntime:
@@ -126,6 +122,6 @@ async def post(
         body = await _unless_disconnected(request, work(runtime, parsed))
     except HTTPError as error:
         return _json_error(runtime, route, error)
-    except (_ClientGone, ClientGone):
+    except ClientGone:
         return Response(status_code=499)
     return ok(runtime, route, body)
