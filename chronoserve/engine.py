@@ -58,7 +58,7 @@ from .policy import (
     WakeAt,
 )
 from .pool import LoadFailure, ModelPool, PoolEntry
-from .request import ForecastRequest, ForecastResult, Timings, prepare
+from .request import ForecastRequest, ForecastResult, Timings, check_priority, check_timeout, prepare
 from .status import EngineStats, ModelInfo
 from .stopping import BatchStopped, StopSignal
 
@@ -316,6 +316,7 @@ class Engine:
                 spec = await self._resolve(name)
             self._check_load_backoff(spec.name)
             prepared = prepare(request, spec, self.limits)
+            timeout, priority = check_timeout(request.timeout), check_priority(request.priority)
             if self.max_queue is not None and self._queued >= self.max_queue:
                 self.counters["rejected_queue_full"] += 1
                 raise QueueFull(self.max_queue)
@@ -328,15 +329,18 @@ class Engine:
         key = batch_key(
             spec, prepared.horizon, covariate_signature(prepared.past_covariates, prepared.future_covariates)
         )
+        now = self._clock.now()
         queued = QueuedRequest(
             seq,
             spec.name,
-            self._clock.now(),
+            now,
             prepared.horizon,
             len(prepared.context),
             key,
+            deadline=None if timeout is None else now + timeout,
             gflop=prepared.gflop,
             rows=prepared.rows,
+            priority=priority,
         )
         assert self._wake is not None
         future: asyncio.Future[ForecastResult] = asyncio.get_running_loop().create_future()
@@ -526,7 +530,7 @@ class Engine:
             queues=queues,
             models=self._pool.states(),
             running=tuple(b.running for b in self._inflight.values()),
-            free_workers=self._free,
+            free_slots=self._free,
             model_sizes=sizes,
             draining=self._draining,
             costs=self._cost_view,

@@ -41,10 +41,13 @@ class QueuedRequest:
     key: Hashable
     """Batch key: requests may share a batch only when their keys are equal."""
     deadline: float | None = None
+    """When its answer is wanted, on the engine's clock: arrival + ``ForecastRequest.timeout``."""
     gflop: float = 0.0
     """Its estimated work (:func:`chronoserve.limits.estimate_gflop`): what a batch of it costs."""
     rows: int = 1
     """Its series rows: the target and, for Chronos-2, each covariate."""
+    priority: int | None = None
+    """Its class: 1 is the highest (as in Triton); None is the default class, below every numbered one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,8 @@ class ModelState:
     """When a batch on it last finished (or when it finished loading)."""
     running: int
     """Batches running on it now."""
+    load_seconds: float | None = None
+    """How long its last load took, measured (None while it loads for the first time)."""
 
     @property
     def busy(self) -> bool:
@@ -117,15 +122,21 @@ class SchedulerState:
     models: Mapping[str, ModelState]
     """Resident and loading models."""
     running: Sequence[RunningBatch]
-    free_workers: int
+    free_slots: int
     """Batch slots free now: at most this many batches can be dispatched. The engine has
-    ``workers + prefetch`` slots, so a worker's next batch is ready when it finishes one."""
+    ``workers + prefetch`` slots (a batch in a slot is running or next in a worker's queue),
+    so a worker's next batch is ready when it finishes one."""
     model_sizes: Mapping[str, int]
     """Estimated bytes of every model named in ``queues`` or ``models``."""
     draining: bool = False
     """The engine is closing: run what is queued now rather than wait for fuller batches."""
     costs: CostEstimates | None = None
     """The cost model's predictions (None in states built without one)."""
+
+    @property
+    def free_workers(self) -> int:
+        """The old name of :attr:`free_slots` (slots are not workers: there are ``workers + prefetch``)."""
+        return self.free_slots
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,13 +19,16 @@ class PoolEntry:
     last_used: float = 0.0
     running: int = 0
     load_finished: float | None = None
+    previous_load: float | None = None
+    """How long the model's previous load took (it was evicted since), while it loads again."""
 
     @property
     def load_seconds(self) -> float | None:
         return None if self.load_finished is None else self.load_finished - self.load_started
 
     def state(self) -> ModelState:
-        return ModelState(self.spec.name, self.status, self.nbytes, self.last_used, self.running)
+        measured = self.load_seconds if self.load_seconds is not None else self.previous_load
+        return ModelState(self.spec.name, self.status, self.nbytes, self.last_used, self.running, measured)
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,9 @@ class ModelPool:
         return self.entries.get(name)
 
     def begin_load(self, spec: ModelSpec, now: float) -> PoolEntry:
+        last = self.last_load.get(spec.name)
         entry = PoolEntry(spec=spec, status="loading", load_started=now, nbytes=spec.est_nbytes)
+        entry.previous_load = None if last is None else last.finished - last.started
         self.entries[spec.name] = entry
         return entry
 

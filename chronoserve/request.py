@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -12,7 +13,17 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidRequest
-from .limits import DEFAULT_LIMITS, MAX_QUANTILE_LEVELS, MAX_SEED, MAX_SERIES_POINTS, Limits, check_cost, check_int
+from .limits import (
+    DEFAULT_LIMITS,
+    MAX_PRIORITY,
+    MAX_QUANTILE_LEVELS,
+    MAX_SEED,
+    MAX_SERIES_POINTS,
+    MAX_TIMEOUT_SECONDS,
+    Limits,
+    check_cost,
+    check_int,
+)
 from .models.base import FloatArray, ModelSpec, PreparedRequest
 
 DEFAULT_QUANTILES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -30,6 +41,12 @@ class ForecastRequest:
     its last N points. Covariates are Chronos-2 only: each past covariate has one value per
     target point, each future covariate one value per horizon step and past values too.
     ``seed`` fixes Chronos-T5's sampling (the other families are deterministic).
+
+    ``timeout`` is the time budget in seconds: the answer is wanted by ``timeout`` seconds
+    after the engine accepts the request (its deadline, which policies see as
+    ``QueuedRequest.deadline`` on the engine's clock). ``priority`` is its class, 1 the
+    highest, as in Triton; None is the default class, below every numbered one. Policies
+    decide what both mean; the built-in ``naive``, ``lru`` and ``batched`` ignore them.
     """
 
     model: str
@@ -41,6 +58,8 @@ class ForecastRequest:
     past_covariates: Mapping[str, Sequence[float] | FloatArray] | None = None
     future_covariates: Mapping[str, Sequence[float] | FloatArray] | None = None
     seed: int = 0
+    timeout: float | None = None
+    priority: int | None = None
 
 
 @dataclass(frozen=True)
@@ -156,6 +175,23 @@ def _checked_levels(levels: tuple[float, ...]) -> tuple[float, ...]:
     if len(set(out)) != len(out):
         raise InvalidRequest("quantile_levels", "levels must be distinct")
     return out
+
+
+def check_timeout(timeout: object) -> float | None:
+    """A request's time budget in seconds: None, or a finite number in (0, MAX_TIMEOUT_SECONDS]."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise InvalidRequest("timeout", f"must be a number of seconds, got {type(timeout).__name__}")
+    value = float(timeout)
+    if not (math.isfinite(value) and 0.0 < value <= MAX_TIMEOUT_SECONDS):
+        raise InvalidRequest("timeout", f"must be a number of seconds in (0, {MAX_TIMEOUT_SECONDS:g}], got {timeout!r}")
+    return value
+
+
+def check_priority(priority: object) -> int | None:
+    """A request's priority class: None (the default class) or 1 (highest) to MAX_PRIORITY."""
+    return None if priority is None else check_int("priority", priority, 1, MAX_PRIORITY)
 
 
 def prepare(request: ForecastRequest, spec: ModelSpec, limits: Limits = DEFAULT_LIMITS) -> PreparedRequest:

@@ -274,10 +274,21 @@ def queued(
     key: Hashable = (),
     gflop: float = 0.0,
     rows: int = 1,
+    deadline: float | None = None,
+    priority: int | None = None,
 ) -> QueuedRequest:
     """A :class:`QueuedRequest` for hand-built policy states."""
     return QueuedRequest(
-        next(_seq) if seq is None else seq, model, arrival, horizon, context_length, key, gflop=gflop, rows=rows
+        next(_seq) if seq is None else seq,
+        model,
+        arrival,
+        horizon,
+        context_length,
+        key,
+        deadline=deadline,
+        gflop=gflop,
+        rows=rows,
+        priority=priority,
     )
 
 
@@ -302,16 +313,19 @@ def state(
     ready: Mapping[str, float] | Iterable[str] = (),
     loading: Iterable[str] = (),
     running: Mapping[str, int] | None = None,
-    free_workers: int = 1,
+    free_slots: int = 1,
     sizes: Mapping[str, int] | None = None,
     draining: bool = False,
     costs: CostEstimates | None = None,
+    load_seconds: Mapping[str, float] | None = None,
 ) -> SchedulerState:
     """Build a :class:`SchedulerState`.
 
     ``ready`` lists resident models (a mapping gives each one's ``last_used``), ``running``
-    counts batches running per model, ``sizes`` gives model bytes (default 1 MB each).
+    counts batches running per model, ``sizes`` gives model bytes (default 1 MB each),
+    ``load_seconds`` each model's measured load time (default: none measured).
     """
+    loads = dict(load_seconds or {})
     queues: dict[str, list[QueuedRequest]] = {}
     for r in requests:
         queues.setdefault(r.model, []).append(r)
@@ -321,15 +335,17 @@ def state(
     names = set(queues) | set(last_used) | set(loading)
     models: dict[str, ModelState] = {}
     for name in last_used:
-        models[name] = ModelState(name, "ready", sizes.get(name, 1_000_000), last_used[name], running.get(name, 0))
+        models[name] = ModelState(
+            name, "ready", sizes.get(name, 1_000_000), last_used[name], running.get(name, 0), loads.get(name)
+        )
     for name in loading:
-        models[name] = ModelState(name, "loading", sizes.get(name, 1_000_000), 0.0, 0)
+        models[name] = ModelState(name, "loading", sizes.get(name, 1_000_000), 0.0, 0, loads.get(name))
     batches = tuple(RunningBatch(m, 1, 0.0) for m, n in running.items() for _ in range(n))
     return SchedulerState(
         queues={m: tuple(sorted(q, key=lambda r: (r.arrival, r.seq))) for m, q in queues.items()},
         models=models,
         running=batches,
-        free_workers=free_workers,
+        free_slots=free_slots,
         model_sizes={n: sizes.get(n, 1_000_000) for n in names},
         draining=draining,
         costs=costs,

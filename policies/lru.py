@@ -56,7 +56,7 @@ class LRUPolicy(Policy):
         decisions: list[Decision] = []
         models: dict[str, ModelState] = dict(state.models)
         in_use: set[str] = set()  # dispatched to in this round: not evictable
-        free = state.free_workers
+        free = state.free_slots
         wake: float | None = None
         # Oldest waiting request first, across models.
         order = sorted(state.queues, key=lambda m: state.queues[m][0].arrival)

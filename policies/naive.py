@@ -15,12 +15,12 @@ class NaivePolicy(Policy):
     name = "naive"
 
     def decide(self, state: SchedulerState, now: float) -> Sequence[Decision]:
-        if state.free_workers <= 0 or not state.queues:
+        if state.free_slots <= 0 or not state.queues:
             return []
         oldest_first = heapq.merge(*state.queues.values(), key=lambda r: (r.arrival, r.seq))
         decisions: list[Decision] = []
         for request in oldest_first:
-            if len(decisions) == state.free_workers:
+            if len(decisions) == state.free_slots:
                 break
             decisions.append(Dispatch(request.model, (request.seq,), ephemeral=True))
         return decisions

@@ -280,7 +280,7 @@ class _Mixer(Policy):
         for model, queue in state.queues.items():
             if model not in state.models:
                 out.append(Load(model))
-            elif state.models[model].status == "ready" and state.free_workers:
+            elif state.models[model].status == "ready" and state.free_slots:
                 out.append(Dispatch(model, tuple(r.seq for r in queue)))
         return out
 

@@ -41,10 +41,10 @@ def test_batched_dispatches_as_soon_as_max_batch_are_waiting():
 def test_batched_splits_a_long_queue_into_full_batches_one_per_free_worker():
     policy = BatchedPolicy(max_batch=2, max_wait=1.0)
     reqs = [queued("m", 0.0, seq=i) for i in range(7)]
-    got = dispatches(policy.decide(state(reqs, ready=["m"], free_workers=2), now=0.0))
+    got = dispatches(policy.decide(state(reqs, ready=["m"], free_slots=2), now=0.0))
     assert got == [Dispatch("m", (0, 1)), Dispatch("m", (2, 3))]
     # With every worker busy nothing is dispatched; requests keep gathering.
-    assert dispatches(policy.decide(state(reqs, ready=["m"], free_workers=0), now=5.0)) == []
+    assert dispatches(policy.decide(state(reqs, ready=["m"], free_slots=0), now=5.0)) == []
 
 
 def test_batched_never_mixes_batch_keys_and_times_each_group_from_its_own_oldest():
@@ -54,7 +54,7 @@ def test_batched_never_mixes_batch_keys_and_times_each_group_from_its_own_oldest
         queued("m", 0.05, seq=2, key=(3,)),
         queued("m", 0.06, seq=3, key=(2,)),
     ]
-    s = state(reqs, ready=["m"], free_workers=4)
+    s = state(reqs, ready=["m"], free_slots=4)
     at_first = policy.decide(s, now=0.1)
     assert dispatches(at_first) == [Dispatch("m", (1, 3))]
     assert wakes(at_first) == [pytest.approx(0.15)]
@@ -88,7 +88,7 @@ def test_batched_rejects_bad_options(option, value):
 def test_lru_runs_each_request_alone():
     policy = LRUPolicy()
     reqs = [queued("m", 0.0, seq=i) for i in range(3)]
-    got = dispatches(policy.decide(state(reqs, ready=["m"], free_workers=2), now=0.0))
+    got = dispatches(policy.decide(state(reqs, ready=["m"], free_slots=2), now=0.0))
     assert got == [Dispatch("m", (0,)), Dispatch("m", (1,))]
 
 
@@ -109,7 +109,7 @@ def test_lru_never_evicts_a_running_or_loading_model():
 def test_lru_does_not_evict_a_model_it_just_dispatched_to():
     policy = LRUPolicy(max_resident=1)
     reqs = [queued("a", 0.0, seq=1), queued("b", 0.5, seq=2)]
-    decisions = policy.decide(state(reqs, ready={"a": 0.0}, free_workers=1), now=1.0)
+    decisions = policy.decide(state(reqs, ready={"a": 0.0}, free_slots=1), now=1.0)
     assert decisions == [Dispatch("a", (1,))]
 
 
@@ -117,7 +117,7 @@ def test_lru_lets_an_older_waiter_take_the_place_of_a_younger_one():
     policy = LRUPolicy(max_resident=1)
     # b waits since t=0, a (resident, idle, no free worker to run it) only since t=2.
     reqs = [queued("b", 0.0, seq=1), queued("a", 2.0, seq=2)]
-    assert policy.decide(state(reqs, ready={"a": 1.0}, free_workers=0), now=3.0) == [Evict("a"), Load("b")]
+    assert policy.decide(state(reqs, ready={"a": 1.0}, free_slots=0), now=3.0) == [Evict("a"), Load("b")]
 
 
 def test_lru_respects_the_byte_budget():
@@ -140,7 +140,7 @@ def test_lru_fails_requests_for_a_model_larger_than_the_budget():
 def test_lru_serves_models_in_order_of_their_oldest_request():
     policy = LRUPolicy(max_resident=3)
     reqs = [queued("late", 2.0, seq=1), queued("early", 1.0, seq=2)]
-    decisions = policy.decide(state(reqs, ready=["late", "early"], free_workers=1), now=3.0)
+    decisions = policy.decide(state(reqs, ready=["late", "early"], free_slots=1), now=3.0)
     assert decisions == [Dispatch("early", (2,))]
 
 
@@ -150,6 +150,6 @@ def test_lru_serves_models_in_order_of_their_oldest_request():
 def test_naive_runs_oldest_requests_first_each_on_a_private_copy():
     policy = NaivePolicy()
     reqs = [queued("a", 2.0, seq=1), queued("b", 1.0, seq=2), queued("a", 3.0, seq=3)]
-    decisions = policy.decide(state(reqs, free_workers=2), now=4.0)
+    decisions = policy.decide(state(reqs, free_slots=2), now=4.0)
     assert decisions == [Dispatch("b", (2,), ephemeral=True), Dispatch("a", (1,), ephemeral=True)]
-    assert policy.decide(state(reqs, free_workers=0), now=4.0) == []
+    assert policy.decide(state(reqs, free_slots=0), now=4.0) == []
