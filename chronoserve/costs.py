@@ -20,7 +20,7 @@ the engine feeds it and policies may read it, and the tests drive it with made-u
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,57 +85,64 @@ class RecursiveLeastSquares:
 class Colocation:
     """How many other batches ran beside each batch, averaged over its run, and a prediction of it.
 
-    :meth:`started` and :meth:`finished` take the engine's clock time. The load seen by a
-    running batch is integrated piecewise between changes; :meth:`predict` blends the batches
-    running now with an EWMA (``alpha``) of what finished batches saw (the paper's dynamic
-    variant: α in {1/3, 1/2, 2/3}).
+    A batch's run is the interval a worker spent on it (from the model's start to its end, not
+    the time it waited for a worker). When a batch finishes, :meth:`finished` integrates its
+    overlap with every batch that ran beside it: those finished meanwhile (kept here while they
+    can still overlap a running one) and those still running (their start is known). The mean
+    number of neighbours feeds an EWMA (``alpha``), the paper's dynamic variant (α in
+    {1/3, 1/2, 2/3}); :meth:`predict` blends it with the neighbours a batch starting now would
+    have.
     """
 
     alpha: float = 0.5
     ewma: float = 0.0
-    _running: dict[Hashable, list[float]] = field(default_factory=dict)
-    """Per running batch: [start, other-batch-seconds so far]."""
-    _last: float = 0.0
+    _done: list[tuple[float, float]] = field(default_factory=list)
+    """Runs of finished batches that may still overlap a running one."""
 
-    def _advance(self, now: float) -> None:
-        span = max(0.0, now - self._last)
-        others = len(self._running) - 1
-        if others > 0 and span > 0:
-            for entry in self._running.values():
-                entry[1] += others * span
-        self._last = now
+    def finished(self, start: float, end: float, running: Iterable[float]) -> float:
+        """The mean number of neighbours of the batch that ran over ``[start, end]``.
 
-    def started(self, batch: Hashable, now: float) -> None:
-        self._advance(now)
-        self._running[batch] = [now, 0.0]
-
-    def finished(self, batch: Hashable, now: float) -> float:
-        """The batch's mean number of neighbours over its run (0 for a batch alone)."""
-        self._advance(now)
-        start, other_seconds = self._running.pop(batch)
-        duration = now - start
-        mean = other_seconds / duration if duration > 0 else float(len(self._running))
+        ``running``: the start times of the batches still running (those that have started).
+        """
+        starts = list(running)
+        duration = end - start
+        overlap = sum(max(0.0, min(e, end) - max(s, start)) for s, e in self._done)
+        overlap += sum(max(0.0, end - max(s, start)) for s in starts if s < end)
+        mean = overlap / duration if duration > 0 else float(len(starts))
+        self._done.append((start, end))
+        horizon = min(starts, default=end)  # batches yet to finish run from here on
+        self._done = [(s, e) for s, e in self._done if e > horizon]
         self.ewma = self.alpha * mean + (1.0 - self.alpha) * self.ewma
         return mean
 
-    def predict(self) -> float:
-        """The neighbours a batch starting now should expect: those running now, smoothed."""
-        return self.alpha * len(self._running) + (1.0 - self.alpha) * self.ewma
+    def predict(self, neighbours: int) -> float:
+        """The neighbours a batch starting now should expect: ``neighbours`` (those it would start
+        beside) blended with what finished batches met."""
+        return self.alpha * neighbours + (1.0 - self.alpha) * self.ewma
 
 
 class CostView:
-    """A policy's read-only window on a :class:`CostModel` (``SchedulerState.costs``)."""
+    """A policy's read-only window on a :class:`CostModel` (``SchedulerState.costs``).
 
-    __slots__ = ("_colocation", "_model")
+    ``neighbours()`` says how many batches one dispatched now would run beside (the engine's
+    running batches, at most its other workers).
+    """
 
-    def __init__(self, model: CostModel, colocation: Colocation) -> None:
+    __slots__ = ("_colocation", "_model", "_neighbours")
+
+    def __init__(self, model: CostModel, colocation: Colocation, neighbours: Callable[[], int]) -> None:
         self._model = model
         self._colocation = colocation
+        self._neighbours = neighbours
+
+    def concurrency(self) -> float:
+        """The co-located load a batch dispatched now is predicted to meet."""
+        return self._colocation.predict(self._neighbours())
 
     def batch_seconds(self, model: str, requests: Sequence[Any]) -> float:
         gflop = sum(r.gflop for r in requests)
         rows = sum(r.rows for r in requests)
-        return self._model.predict_batch(BatchFeatures(model, gflop, rows, self._colocation.predict()))
+        return self._model.predict_batch(BatchFeatures(model, gflop, rows, self.concurrency()))
 
     def load_seconds(self, model: str, nbytes: int) -> float:
         return self._model.predict_load(model, nbytes)

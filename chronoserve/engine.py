@@ -176,7 +176,7 @@ class Engine:
         self.costs = CostModel()
         """The online cost model: learns from every batch and load (see :mod:`chronoserve.costs`)."""
         self._colocation = Colocation()
-        self._cost_view = CostView(self.costs, self._colocation)
+        self._cost_view = CostView(self.costs, self._colocation, self._neighbours)
         self._tasks: set[asyncio.Task[None]] = set()
         self._seq = itertools.count()
         self._batch_ids = itertools.count()
@@ -536,6 +536,11 @@ class Engine:
             costs=self._cost_view,
         )
 
+    def _neighbours(self) -> int:
+        """Batches a batch dispatched now would run beside: those running, at most the other workers."""
+        running = sum(1 for b in self._inflight.values() if b.signal.started is not None)
+        return min(running, self.workers - 1)
+
     def _tick(self) -> float | None:
         if not self._queued and not self._pool.entries:
             return None
@@ -707,7 +712,7 @@ class Engine:
             decision.model,
             sum(p.queued.gflop for p in members),
             sum(p.queued.rows for p in members),
-            self._colocation.predict(),
+            self._cost_view.concurrency(),
         )
         self._inflight[batch_id] = _InFlight(
             RunningBatch(decision.model, n, now, decision.ephemeral),
@@ -716,7 +721,6 @@ class Engine:
             features,
             self.costs.predict_batch(features),
         )
-        self._colocation.started(batch_id, now)
         self.counters["batches"] += 1
         self.counters["batched_requests"] += n
         resident = None if decision.ephemeral else entry
@@ -737,7 +741,7 @@ class Engine:
         job: asyncio.Future[BatchOutcome],
     ) -> None:
         spec = members[0].spec
-        seconds: float | None = None  # the batch's inference time, once it ran
+        ran: BatchOutcome | None = None  # once it ran
         try:
             outcome = await job
         except Exception as exc:
@@ -755,8 +759,8 @@ class Engine:
             for pending in members:
                 self._settle_error(pending, error)
         else:
-            seconds = outcome.inference_seconds
-            self._notify("batch_finished", spec.name, len(members), seconds, True)
+            ran = outcome
+            self._notify("batch_finished", spec.name, len(members), outcome.inference_seconds, True)
             if entry is None:  # a private load for this batch (naive)
                 self._notify("model_loaded", spec.name, outcome.load_seconds, spec.est_nbytes)
             self._deliver(
@@ -765,8 +769,10 @@ class Engine:
         finally:
             self._free += 1
             batch = self._inflight.pop(batch_id)
-            met = self._colocation.finished(batch_id, self._clock.now())
-            if seconds is not None:  # learn what it cost, with the neighbours it really met
+            if ran is not None:  # learn what it cost, with the neighbours it really met
+                seconds = ran.inference_seconds
+                running = (b.signal.started for b in self._inflight.values() if b.signal.started is not None)
+                met = self._colocation.finished(ran.started, ran.started + seconds, running)
                 f = batch.features
                 actual = BatchFeatures(f.model, f.gflop, f.rows, met)
                 self.costs.observe_batch(actual, seconds)

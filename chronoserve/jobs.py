@@ -18,6 +18,8 @@ class BatchOutcome:
     forecasts: list[BackendForecast]
     load_seconds: float
     inference_seconds: float
+    started: float
+    """When the model began on the batch (engine clock): its run is ``[started, started + inference_seconds]``."""
 
 
 def run_job(
@@ -45,7 +47,7 @@ def run_job(
             raise ModelLoadError(spec.name, repr(exc)) from exc
         load_seconds = clock.now() - start
     try:
-        start = clock.now()
+        start = signal.started = clock.now()  # read by the engine: the batch runs from here
         with watching(signal):
             forecasts = backend.predict(batch)
         inference_seconds = clock.now() - start
@@ -54,4 +56,4 @@ def run_job(
             backend.close()
     if len(forecasts) != len(batch):
         raise InferenceError(f"{spec.name} returned {len(forecasts)} forecasts for {len(batch)} requests")
-    return BatchOutcome(forecasts, load_seconds, inference_seconds)
+    return BatchOutcome(forecasts, load_seconds, inference_seconds, start)

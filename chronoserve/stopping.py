@@ -35,7 +35,7 @@ class BatchStopped(Exception):
 class StopSignal:
     """Whether one batch should stop: told by the event loop, or past its deadline."""
 
-    __slots__ = ("_clock", "_error", "deadline", "limit")
+    __slots__ = ("_clock", "_error", "deadline", "limit", "started")
 
     def __init__(self, clock: Clock, deadline: float | None = None, limit: float | None = None) -> None:
         self._clock = clock
@@ -44,6 +44,8 @@ class StopSignal:
         self.limit = limit
         """The bound in seconds that ``deadline`` came from, for the error message."""
         self._error: ChronoserveError | None = None
+        self.started: float | None = None
+        """When a worker began running the model on the batch (set by the worker; None before)."""
 
     def stop(self, error: ChronoserveError) -> None:
         """Ask the batch to stop at its next checkpoint (the first reason given wins)."""

@@ -81,12 +81,21 @@ def test_a_model_never_seen_is_predicted_from_its_size():
 
 def test_colocation_averages_the_neighbours_over_a_batch_run():
     c = Colocation(alpha=0.5)
-    c.started("a", 0.0)
-    c.started("b", 1.0)  # b runs beside a from 1 to 3
-    assert c.finished("b", 3.0) == pytest.approx(1.0)  # a ran beside b all its run
-    assert c.predict() == pytest.approx(0.5 * 1 + 0.5 * 0.5)  # a is running; the EWMA saw 1.0
-    assert c.finished("a", 4.0) == pytest.approx(2.0 / 4.0)  # b beside a for 2 of its 4 seconds
-    assert c.predict() == pytest.approx(0.5 * 0 + 0.5 * 0.5)  # nothing runs; the EWMA is now 0.5
+    # a runs 0..4, b runs 1..3: b finishes first, beside a (still running, started at 0) all its run.
+    assert c.finished(1.0, 3.0, running=[0.0]) == pytest.approx(1.0)
+    assert c.predict(1) == pytest.approx(0.5 * 1 + 0.5 * 0.5)  # starting beside a; the EWMA saw 1.0
+    assert c.finished(0.0, 4.0, running=[]) == pytest.approx(2.0 / 4.0)  # b beside a for 2 of its 4 s
+    assert c.predict(0) == pytest.approx(0.5 * 0 + 0.5 * 0.5)  # nothing runs; the EWMA is now 0.5
+
+
+def test_colocation_counts_neighbours_that_came_and_went_during_a_run():
+    c = Colocation()
+    # x runs 0..10; y ran 2..4 and z ran 5..6 and both finished before x; w started at 9 and runs on.
+    assert c.finished(2.0, 4.0, running=[0.0]) == pytest.approx(1.0)
+    assert c.finished(5.0, 6.0, running=[0.0]) == pytest.approx(1.0)
+    assert c.finished(0.0, 10.0, running=[9.0]) == pytest.approx((2 + 1 + 1) / 10)
+    # Runs that can overlap nothing still running are forgotten: only x (ends 10 > w's start 9) stays.
+    assert c._done == [(0.0, 10.0)]
 
 
 def test_loads_are_learned_per_model_and_shared_for_new_ones():
@@ -127,6 +136,71 @@ async def test_the_engine_feeds_the_cost_model_every_batch_with_its_features():
     assert all(f.model == "c2" and f.gflop > 0 and f.concurrency == 0.0 for f, _, _ in seen)
     assert engine.costs.models["c2"].count == 2
     assert "c2" in engine.costs.loads  # the load was learned too
+
+
+class _Costs:
+    """An engine observer keeping every batch_cost event."""
+
+    def __init__(self):
+        self.seen = []
+
+    def batch_cost(self, features, predicted_seconds, seconds):
+        self.seen.append((features, predicted_seconds, seconds))
+
+
+def _threaded_engine(loader, workers, observer):
+    from chronoserve import Engine
+    from chronoserve.executor import InlineExecutor, ThreadExecutor
+
+    return Engine(
+        "batched",
+        policy_options={"max_batch": 2, "max_wait": 0},
+        loader=loader,
+        workers=workers,
+        prefetch=1,
+        executor=ThreadExecutor(workers, None, "test-infer"),
+        load_executor=InlineExecutor(),
+        resolve_executor=InlineExecutor(),
+        observers=[observer],
+    )
+
+
+async def test_a_batch_waiting_in_the_prefetch_slot_is_not_a_neighbour():
+    """One worker: batches never run side by side, though one waits in the prefetch slot while another runs."""
+    from chronoserve import ForecastRequest
+    from chronoserve.testing import FakeLoader
+
+    costs = _Costs()
+    async with _threaded_engine(FakeLoader(predict_seconds=0.002), 1, costs) as engine:
+        await engine.forecast_many([ForecastRequest(model="fake", target=np.ones(16), horizon=4)] * 12)
+    assert len(costs.seen) == 6
+    assert all(f.concurrency == 0.0 for f, _, _ in costs.seen)  # what each met
+    assert engine.costs.models["fake"].count == 6
+
+
+async def test_two_batches_running_together_each_count_the_other():
+    """Two workers whose batches wait for each other (a barrier) inside the model: each met the other."""
+    import threading
+
+    from chronoserve import ForecastRequest
+    from chronoserve.testing import FakeLoader, FakeModel
+
+    barrier = threading.Barrier(2, timeout=30)
+
+    class Together(FakeModel):
+        def predict(self, batch):
+            barrier.wait()  # both batches are running now
+            return super().predict(batch)
+
+    class Loader(FakeLoader):
+        def load(self, spec):
+            return Together(spec, predict_seconds=0.005)
+
+    costs = _Costs()
+    async with _threaded_engine(Loader(), 2, costs) as engine:
+        await engine.forecast_many([ForecastRequest(model="fake", target=np.ones(16), horizon=4)] * 4)
+    met = sorted(f.concurrency for f, _, _ in costs.seen)
+    assert len(met) == 2 and all(0.0 < m <= 1.0 for m in met)
 
 
 # -- what policies see ----------------------------------------------------------------------------
