@@ -71,6 +71,9 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--torch-threads", type=positive_int, default=None, help="torch threads per worker")
     group.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     group.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model dtype")
+    group.add_argument(
+        "--profile", default=None, help="profile.json from `chronoserve profile`: the cost model starts from it"
+    )
 
 
 def engine_settings(args: argparse.Namespace, **more: Any) -> EngineSettings:
@@ -85,6 +88,14 @@ def engine_settings(args: argparse.Namespace, **more: Any) -> EngineSettings:
         options["max_resident"] = args.max_resident
     if args.memory_budget is not None:
         options["memory_budget"] = args.memory_budget
+    profile = None
+    if getattr(args, "profile", None) is not None:
+        from .profile import load_profile
+
+        try:
+            profile = load_profile(args.profile)
+        except ValueError as exc:
+            raise UsageError(f"--profile: {exc}") from None
     return EngineSettings(
         policy=args.policy,
         policy_options=options,
@@ -92,6 +103,7 @@ def engine_settings(args: argparse.Namespace, **more: Any) -> EngineSettings:
         torch_threads=args.torch_threads,
         device=args.device,
         dtype=args.dtype,
+        profile=profile,
         **more,
     )
 

@@ -170,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .edge._cli import register as register_edge
     from .eval._cli import register as register_eval
     from .models._cli import register as register_models
+    from .profile._cli import register as register_profile
     from .replay._cli import register as register_replay
     from .traces._cli import register as register_trace
 
@@ -178,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_eval(sub)
     register_trace(sub)
     register_edge(sub)
+    register_profile(sub)
 
     policies = sub.add_parser("policies", help="list the installed scheduling policies and their options")
     policies.set_defaults(func=cmd_policies)

@@ -142,6 +142,7 @@ class Engine:
         observers: Sequence[EngineObserver] = (),
         limits: Limits | None = None,
         load_retry: tuple[float, float] = (1.0, 60.0),
+        costs: CostModel | None = None,
     ) -> None:
         self.policy = load_policy(policy, policy_options)
         self.limits = limits if limits is not None else DEFAULT_LIMITS
@@ -173,8 +174,9 @@ class Engine:
         self._queues: dict[str, list[QueuedRequest]] = {}
         self._pending: dict[int, _Pending] = {}
         self._inflight: dict[int, _InFlight] = {}
-        self.costs = CostModel()
-        """The online cost model: learns from every batch and load (see :mod:`chronoserve.costs`)."""
+        self.costs = costs if costs is not None else CostModel()
+        """The online cost model: learns from every batch and load (see :mod:`chronoserve.costs`);
+        pass one seeded from a profile (:meth:`EngineSettings.cost_model`) to start from it."""
         self._colocation = Colocation()
         self._cost_view = CostView(self.costs, self._colocation, self._neighbours)
         self._tasks: set[asyncio.Task[None]] = set()

@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 from .limits import DEFAULT_LIMITS, Limits
 
 if TYPE_CHECKING:
+    from .costs import CostModel
     from .engine import Engine
     from .models.base import ModelLoader
+    from .profile import Profile
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class EngineSettings:
     and ``torch_threads``: None for the engine's defaults (2 workers, cores / workers).
     ``max_queue``: requests waiting before :class:`~chronoserve.errors.QueueFull` (None: no
     bound). ``device`` and ``dtype`` are the :class:`~chronoserve.models.loader.ChronosLoader`'s.
+    ``profile``: a cost table (``chronoserve profile``) the engine's cost model starts from.
     """
 
     policy: str = "batched"
@@ -39,6 +42,7 @@ class EngineSettings:
     device: str = "cpu"
     dtype: str = "float32"
     limits: Limits = DEFAULT_LIMITS
+    profile: Profile | None = None
 
     def with_options(self, **changes: Any) -> EngineSettings:
         """A copy with some fields changed (``policy_options`` are merged, not replaced)."""
@@ -62,7 +66,17 @@ class EngineSettings:
             "max_queue": self.max_queue,
             "limits": self.limits,
             "loader": loader if loader is not None else self.loader(),
+            "costs": self.cost_model(),
         }
+
+    def cost_model(self) -> CostModel:
+        """A fresh cost model, taught ``profile``'s rows when there is one."""
+        from .costs import CostModel
+
+        costs = CostModel()
+        if self.profile is not None:
+            self.profile.seed(costs)
+        return costs
 
     def engine(self, *, loader: ModelLoader | None = None, **parts: Any) -> Engine:
         """An engine with these settings; ``parts`` are the rest of its arguments (observers, clock, ...)."""

@@ -353,7 +353,7 @@ def state(
 
 
 #: ``EngineSettings`` fields, and ``Limits`` fields, that :func:`server_settings` takes flat.
-_ENGINE_FIELDS = ("policy", "policy_options", "workers", "torch_threads", "max_queue", "device", "dtype")
+_ENGINE_FIELDS = ("policy", "policy_options", "workers", "torch_threads", "max_queue", "device", "dtype", "profile")
 _LIMIT_FIELDS = ("max_covariates", "max_request_gflop", "max_inference_seconds")
 
 

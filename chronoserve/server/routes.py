@@ -22,6 +22,7 @@ from chronoserve import __version__
 from chronoserve.engine import Engine
 from chronoserve.limits import MAX_ANSWER_VALUES, answer_values
 from chronoserve.models.catalog import CATALOG, DEFAULT_MODEL
+from chronoserve.profile import Profile
 
 from .errors import HTTPError, invalid
 from .handler import forecast_item
@@ -78,6 +79,7 @@ def _iso_wall(engine: Engine, at: float | None) -> str | None:
 async def models(request: Request) -> Response:
     runtime = runtime_of(request)
     engine = runtime.engine
+    profile = runtime.settings.engine.profile
     resident = []
     if engine is not None:
         for name, info in sorted(engine.resident().items()):
@@ -92,6 +94,7 @@ async def models(request: Request) -> Response:
                     "loaded_at": _iso_wall(engine, info.loaded_at),
                     "last_used": _iso_wall(engine, info.last_used) if info.status == "ready" else None,
                     "running_batches": info.running_batches,
+                    "profile": profile.figures(name) if profile is not None else None,
                 }
             )
     catalog = [
@@ -113,11 +116,22 @@ async def models(request: Request) -> Response:
         "resident": resident,
         "failed": load_failures(runtime),
         "catalog": catalog,
+        "profile": None if profile is None else _profile_summary(profile),
         "note": "random/NAME models have the published architecture and random weights: "
         "their timings are real, their forecasts are not. chronos-2-pm25 (trained_here) is a small "
         "Chronos-2 trained by chronoserve on Beijing PM2.5 2013-03 to 2016-06: see its description.",
     }
     return ok(runtime, "/models", body)
+
+
+def _profile_summary(profile: Profile) -> dict[str, Any]:
+    """The loaded cost table (``serve --profile``): where it came from and every model's rows."""
+    return {
+        "path": profile.path,
+        "slo_p95_ms": profile.settings.get("slo_p95_ms"),
+        "max_wait_ms": profile.settings.get("max_wait_ms"),
+        "models": {model: profile.figures(model) for model in profile.models},
+    }
 
 
 async def series(request: Request) -> Response:

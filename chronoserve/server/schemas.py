@@ -255,14 +255,46 @@ class CatalogModelOut(BaseModel):
     description: str = Field(description="What the model is and how it was trained; empty for published ones.")
 
 
+class ProfileRowOut(BaseModel):
+    """One configuration of a cost table (`chronoserve profile`), as measured on the server's machine."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    query_class: str = Field(alias="class", description="The query class: a context, a horizon, covariates.")
+    context: int
+    horizon: int
+    covariates: int
+    batch: int = Field(description="Batch size (the `batched` policy's B) it was measured at.")
+    workers: int
+    torch_threads: int
+    latency_p50_ms: float | None = Field(description="Median batch latency with every worker busy.")
+    latency_p95_ms: float | None
+    series_per_s: float | None = Field(description="Throughput with the queue kept full.")
+    cpu_s_per_1k: float | None = Field(description="CPU-seconds per 1,000 forecasts (the energy stand-in).")
+    msrr_per_s: float | None = Field(
+        description="Maximum serviceable request rate: the highest Poisson rate whose p95 met the profile's SLO."
+    )
+
+
+class ProfileOut(BaseModel):
+    path: str = Field(description="The profile.json the server loaded (`serve --profile`).")
+    slo_p95_ms: float | None = Field(description="The SLO the MSRR figures meet.")
+    max_wait_ms: float | None = Field(description="The batching delay the MSRR figures were measured with.")
+    models: dict[str, list[ProfileRowOut]]
+
+
 class ModelsOut(BaseModel):
     default: str = Field(description="The model of requests that name none.")
     allowed_extra: list[str]
-    resident: list[dict[str, Any]] = Field(description="Loaded or loading models: status, bytes, load time.")
+    resident: list[dict[str, Any]] = Field(
+        description="Loaded or loading models: status, bytes, load time, and `profile`: the loaded cost table's "
+        "rows for the model (null without `--profile`)."
+    )
     failed: list[dict[str, Any]] = Field(
         description="Models whose last load failed: `name`, `error`, `failures` in a row, `retry_in_seconds`."
     )
     catalog: list[CatalogModelOut]
+    profile: ProfileOut | None = Field(description="The cost table the server loaded (`serve --profile`), or null.")
     note: str
 
 
