@@ -46,6 +46,25 @@ class BatchFeatures:
         return np.array([1.0, self.gflop, self.gflop * self.concurrency, float(self.rows)])
 
 
+@dataclass(frozen=True, slots=True)
+class BatchCost:
+    """What one finished batch cost, against what was predicted when it was dispatched
+    (the engine's ``batch_cost`` event)."""
+
+    features: BatchFeatures
+    """What the model learned from: the co-located load is the one the batch really met."""
+    expected_concurrency: float
+    """The co-located load predicted at dispatch (what the prediction used)."""
+    predicted_seconds: float
+    seconds: float
+    """Its inference time, measured."""
+
+    @property
+    def relative_error(self) -> float | None:
+        """``(predicted - actual) / actual``; None for a batch that took no time."""
+        return (self.predicted_seconds - self.seconds) / self.seconds if self.seconds > 0 else None
+
+
 class RecursiveLeastSquares:
     """``y ~ theta . x``, updated one observation at a time; ``forgetting`` < 1 weighs recent ones more.
 

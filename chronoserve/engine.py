@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Any
 
 from .clock import Clock, MonotonicClock, TimerHandle
-from .costs import BatchFeatures, Colocation, CostModel, CostView
+from .costs import BatchCost, BatchFeatures, Colocation, CostModel, CostView
 from .errors import (
     ChronoserveError,
     EngineClosed,
@@ -778,7 +778,7 @@ class Engine:
                 f = batch.features
                 actual = BatchFeatures(f.model, f.gflop, f.rows, met)
                 self.costs.observe_batch(actual, seconds)
-                self._notify("batch_cost", actual, batch.predicted, seconds)
+                self._notify("batch_cost", BatchCost(actual, f.concurrency, batch.predicted, seconds))
             if entry is not None:
                 entry.running -= 1
                 entry.last_used = self._clock.now()

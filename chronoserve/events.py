@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .costs import BatchFeatures
+    from .costs import BatchCost
     from .request import ForecastResult
 
 
@@ -32,7 +32,7 @@ class EngineObserver:
     def batch_finished(self, model: str, size: int, inference_seconds: float, ok: bool) -> None:
         """A batch ran (``ok=False``: it raised)."""
 
-    def batch_cost(self, features: BatchFeatures, predicted_seconds: float, seconds: float) -> None:
+    def batch_cost(self, cost: BatchCost) -> None:
         """A batch ran: what the cost model predicted when it was dispatched, what it took, and
         the features it learned from (the co-located load as it was over the batch's run)."""
 

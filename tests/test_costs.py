@@ -122,8 +122,8 @@ async def test_the_engine_feeds_the_cost_model_every_batch_with_its_features():
     seen = []
 
     class Costs(EngineObserver):
-        def batch_cost(self, features, predicted_seconds, seconds):
-            seen.append((features, predicted_seconds, seconds))
+        def batch_cost(self, cost):
+            seen.append((cost.features, cost.predicted_seconds, cost.seconds))
 
     loader = FakeLoader(specs={"c2": fake_spec("c2", batch_patch=16)})
     async with fake_engine(loader=loader, observers=[Costs()], policy_options={"max_batch": 4}) as engine:
@@ -144,8 +144,8 @@ class _Costs:
     def __init__(self):
         self.seen = []
 
-    def batch_cost(self, features, predicted_seconds, seconds):
-        self.seen.append((features, predicted_seconds, seconds))
+    def batch_cost(self, cost):
+        self.seen.append((cost.features, cost.predicted_seconds, cost.seconds))
 
 
 def _threaded_engine(loader, workers, observer):

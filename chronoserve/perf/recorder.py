@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from chronoserve.costs import BatchFeatures
+from chronoserve.costs import BatchCost
 from chronoserve.events import EngineObserver
 
 from .logger import CsvMetricsLogger
@@ -49,27 +49,37 @@ class BatchRecorder(EngineObserver):
 
 #: The columns a :class:`PredictionRecorder` adds to :data:`~chronoserve.perf.BATCH_FIELDS`
 #: (``model`` and ``latency_s``, the batch's real inference time, come from those).
-PREDICTION_FIELDS: tuple[str, ...] = ("gflop", "rows", "concurrency", "predicted_s", "relative_error")
+PREDICTION_FIELDS: tuple[str, ...] = (
+    "gflop",
+    "rows",
+    "concurrency",
+    "expected_concurrency",
+    "predicted_s",
+    "relative_error",
+)
 
 
 class PredictionRecorder(EngineObserver):
     """One row per batch: the cost model's prediction at dispatch and what the batch took.
 
     ``logger`` must have :data:`PREDICTION_FIELDS` as its ``extra_fields``. ``relative_error``
-    is ``(predicted - actual) / actual``; ``concurrency`` the neighbours the batch really met.
+    is ``(predicted - actual) / actual``; ``concurrency`` the neighbours the batch really met,
+    ``expected_concurrency`` those the prediction assumed at dispatch.
     ``serve --log-predictions PATH`` and ``replay --log-predictions`` write these.
     """
 
     def __init__(self, logger: CsvMetricsLogger) -> None:
         self.logger = logger
 
-    def batch_cost(self, features: BatchFeatures, predicted_seconds: float, seconds: float) -> None:
+    def batch_cost(self, cost: BatchCost) -> None:
+        f = cost.features
         self.logger.log(
-            model=features.model,
-            latency_s=seconds,
-            gflop=round(features.gflop, 6),
-            rows=features.rows,
-            concurrency=round(features.concurrency, 4),
-            predicted_s=predicted_seconds,
-            relative_error=(predicted_seconds - seconds) / seconds if seconds > 0 else None,
+            model=f.model,
+            latency_s=cost.seconds,
+            gflop=round(f.gflop, 6),
+            rows=f.rows,
+            concurrency=round(f.concurrency, 4),
+            expected_concurrency=round(cost.expected_concurrency, 4),
+            predicted_s=cost.predicted_seconds,
+            relative_error=cost.relative_error,
         )

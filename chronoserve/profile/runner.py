@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ..costs import BatchCost
 from ..data import SeriesStore
 from ..engine import Engine
 from ..events import EngineObserver
@@ -164,8 +165,8 @@ class _Batches(EngineObserver):
     def batch_finished(self, model: str, size: int, inference_seconds: float, ok: bool) -> None:
         self._size = size  # its batch_cost event follows at once (a batch that failed has none)
 
-    def batch_cost(self, features: Any, predicted_seconds: float, seconds: float) -> None:
-        self.runs.append((self._size, seconds, features.gflop, features.rows))
+    def batch_cost(self, cost: BatchCost) -> None:
+        self.runs.append((self._size, cost.seconds, cost.features.gflop, cost.features.rows))
 
 
 def _percentile_ms(values: Sequence[float], q: float) -> float | None:

@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 from chronoserve.events import EngineObserver
 
 if TYPE_CHECKING:
-    from chronoserve.costs import BatchFeatures
+    from chronoserve.costs import BatchCost
     from chronoserve.engine import Engine
     from chronoserve.request import ForecastResult
 
@@ -168,9 +168,9 @@ class ServerMetrics(EngineObserver):
         else:
             self.batch_failures.labels(model).inc()
 
-    def batch_cost(self, features: BatchFeatures, predicted_seconds: float, seconds: float) -> None:
-        if seconds > 0:
-            self.prediction_error.labels(features.model).observe(abs(predicted_seconds - seconds) / seconds)
+    def batch_cost(self, cost: BatchCost) -> None:
+        if cost.relative_error is not None:
+            self.prediction_error.labels(cost.features.model).observe(abs(cost.relative_error))
 
     def model_loaded(self, model: str, seconds: float, nbytes: int) -> None:
         self.load_seconds.labels(model).observe(seconds)
