@@ -6,13 +6,23 @@ recursive least squares with a forgetting factor (the paper's best online learne
 models never seen in training, against 0.431 for SGD and 0.548 offline), with the co-located
 load tracked over each batch's lifetime (:class:`Colocation`), as their dynamic variant does.
 
-Features of a batch (:class:`BatchFeatures`): its estimated GFLOP (``2 x parameters x tokens x
-rows``, :func:`chronoserve.limits.estimate_gflop`, which carries the model's size, the rows,
-the context and the output patches), the same scaled by the co-located load (other batches
-running beside it, averaged over its run), and its rows. Latency = theta . [1, gflop,
-gflop x concurrency, rows]. Each model has its own estimator; a model never seen starts from
-a shared estimator fitted on every model's batches, so its first predictions come from its
-size alone and improve with its own batches.
+Features of a batch (:class:`BatchFeatures`, built by :func:`batch_features`): its work in
+GFLOP as the model really runs it (``2 x parameters x rows x tokens``, with the batch padded to
+its longest context, see :func:`tokens`), its rows, its sequential steps (Chronos-T5 decodes
+one step per horizon step; the patch models run one pass), and the co-located load: how many
+forward passes per second (in hundreds) the batches beside it ran, averaged over its run.
+
+Why passes per second and not a count of neighbours: measured here (bench/costs.py), the same
+batch beside a neighbour ran 1.05x slower beside random Chronos-2 (long GEMMs that release the
+GIL) and 1.2-1.5x slower beside Chronos-T5-tiny (many short decoding steps, Python between
+them): on a CPU, two workers interfere mostly through the interpreter lock, and a neighbour
+that launches many short passes holds it most. With a count of neighbours, identical batches
+beside "one neighbour" varied by 32 % (p90); see docs/costs.md.
+
+Latency = theta . [1, gflop, gflop x load, rows, steps, rows x steps, load, gflop^2 / 100].
+Each model has its own estimator; a model never seen starts from a shared estimator fitted on
+every model's batches, so its first predictions come from its size alone and improve with its
+own batches.
 
 Everything here is pure: no I/O, no threads, no clock of its own (times are arguments), so
 the engine feeds it and policies may read it, and the tests drive it with made-up numbers.
@@ -20,14 +30,40 @@ the engine feeds it and policies may read it, and the tests drive it with made-u
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
+if TYPE_CHECKING:
+    from .models.base import ModelSpec
+
 Vector = npt.NDArray[np.float64]
+
+#: Input patch length of the patch models (Chronos-Bolt, Chronos-2).
+PATCH = 16
+
+
+def tokens(spec: ModelSpec, context: int, horizon: int) -> tuple[int, int, int]:
+    """What one row of a request costs ``spec``'s model: (tokens read, tokens produced, sequential steps).
+
+    - Chronos-Bolt: the context's patches and a register token in; one decoder step gives
+      every horizon up to its prediction length, whatever the horizon asked.
+    - Chronos-2: the context's patches and a register token, and one token per output patch.
+    - Chronos-T5: one token per context point (and EOS) in; each horizon step decodes one token
+      per sample, one step after the other.
+    """
+    if spec.family == "chronos-t5":
+        samples = spec.extra.get("num_samples", 20)
+        per_step = samples if isinstance(samples, int) and samples > 0 else 20
+        return context + 1, horizon * per_step, horizon
+    tokens_in = math.ceil(context / PATCH) + 1
+    if spec.family == "chronos-bolt":
+        return tokens_in, 1, 1
+    return tokens_in, math.ceil(horizon / (spec.batch_patch or PATCH)), 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,14 +72,34 @@ class BatchFeatures:
 
     model: str
     gflop: float
-    """Estimated work: :func:`chronoserve.limits.estimate_gflop` summed over the batch's requests."""
+    """Its work as the model runs it: ``2 x parameters x rows x (longest tokens in + out)`` / 1e9."""
     rows: int
     """Series rows: targets plus Chronos-2's covariate rows."""
-    concurrency: float = 0.0
-    """Other batches running beside it, on average over its run (predicted: see :class:`Colocation`)."""
+    colocated: float = 0.0
+    """The co-located load: forward passes per second (in hundreds) of the batches beside it,
+    averaged over its run (predicted at dispatch, measured when it ends: see :class:`Colocation`)."""
+    steps: int = 1
+    """Sequential passes: the longest horizon for Chronos-T5, 1 for the patch models."""
 
     def vector(self) -> Vector:
-        return np.array([1.0, self.gflop, self.gflop * self.concurrency, float(self.rows)])
+        g, c, n, s = self.gflop, self.colocated, float(self.rows), float(self.steps)
+        return np.array([1.0, g, g * c, n, s, n * s, c, g * g / 100.0])
+
+    def passes_per_second(self, seconds: float) -> float:
+        """This batch's own load on its neighbours, had it run ``seconds``: passes per second / 100."""
+        return self.steps / max(seconds, 1e-3) / 100.0
+
+
+def batch_features(model: str, requests: Sequence[Any], params: int, colocated: float) -> BatchFeatures:
+    """The features of a batch of ``requests`` (each with ``rows``, ``tokens_in``, ``tokens_out``
+    and ``steps``, as :class:`~chronoserve.policy.QueuedRequest` has) on a model of ``params``
+    parameters: the backends pad every row to the batch's longest context and horizon."""
+    rows = sum(r.rows for r in requests)
+    longest_in = max((r.tokens_in for r in requests), default=0)
+    longest_out = max((r.tokens_out for r in requests), default=0)
+    steps = max((r.steps for r in requests), default=1)
+    gflop = 2.0 * params * rows * (longest_in + longest_out) / 1e9
+    return BatchFeatures(model, gflop, rows, colocated, steps)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +109,7 @@ class BatchCost:
 
     features: BatchFeatures
     """What the model learned from: the co-located load is the one the batch really met."""
-    expected_concurrency: float
+    expected_colocated: float
     """The co-located load predicted at dispatch (what the prediction used)."""
     predicted_seconds: float
     seconds: float
@@ -102,80 +158,105 @@ class RecursiveLeastSquares:
 
 @dataclass
 class Colocation:
-    """How many other batches ran beside each batch, averaged over its run, and a prediction of it.
+    """The load of the batches that ran beside each batch, averaged over its run, and a prediction of it.
 
     A batch's run is the interval a worker spent on it (from the model's start to its end, not
-    the time it waited for a worker). When a batch finishes, :meth:`finished` integrates its
-    overlap with every batch that ran beside it: those finished meanwhile (kept here while they
-    can still overlap a running one) and those still running (their start is known). The mean
-    number of neighbours feeds an EWMA (``alpha``), the paper's dynamic variant (α in
-    {1/3, 1/2, 2/3}); :meth:`predict` blends it with the neighbours a batch starting now would
-    have.
+    the time it waited for a worker), and its load on the others is its forward passes per
+    second (:meth:`BatchFeatures.passes_per_second`; predicted while it runs, measured once it
+    ended). When a batch finishes, :meth:`finished` integrates the load of every batch that ran
+    beside it: those finished meanwhile (kept here while they can still overlap a running one)
+    and those still running. The mean feeds an EWMA (``alpha``), the paper's dynamic variant (α
+    in {1/3, 1/2, 2/3}); :meth:`predict` blends it with the load a batch starting now would meet.
     """
 
     alpha: float = 0.5
     ewma: float = 0.0
-    _done: list[tuple[float, float]] = field(default_factory=list)
-    """Runs of finished batches that may still overlap a running one."""
+    _done: list[tuple[float, float, float]] = field(default_factory=list)
+    """(start, end, load) of finished batches that may still overlap a running one."""
 
-    def finished(self, start: float, end: float, running: Iterable[float]) -> float:
-        """The mean number of neighbours of the batch that ran over ``[start, end]``.
+    def finished(self, start: float, end: float, load: float, running: Iterable[tuple[float, float]]) -> float:
+        """The mean co-located load met by the batch that ran over ``[start, end]`` with ``load`` of its own.
 
-        ``running``: the start times of the batches still running (those that have started).
+        ``running``: (start, load) of the batches still running (those that have started).
         """
-        starts = list(running)
+        beside = list(running)
         duration = end - start
-        overlap = sum(max(0.0, min(e, end) - max(s, start)) for s, e in self._done)
-        overlap += sum(max(0.0, end - max(s, start)) for s in starts if s < end)
-        mean = overlap / duration if duration > 0 else float(len(starts))
-        self._done.append((start, end))
-        horizon = min(starts, default=end)  # batches yet to finish run from here on
-        self._done = [(s, e) for s, e in self._done if e > horizon]
+        met = sum(w * max(0.0, min(e, end) - max(s, start)) for s, e, w in self._done)
+        met += sum(w * max(0.0, end - max(s, start)) for s, w in beside if s < end)
+        mean = met / duration if duration > 0 else sum(w for _, w in beside)
+        self._done.append((start, end, load))
+        horizon = min((s for s, _ in beside), default=end)  # batches yet to finish run from here on
+        self._done = [(s, e, w) for s, e, w in self._done if e > horizon]
         self.ewma = self.alpha * mean + (1.0 - self.alpha) * self.ewma
         return mean
 
-    def predict(self, neighbours: int) -> float:
-        """The neighbours a batch starting now should expect: ``neighbours`` (those it would start
-        beside) blended with what finished batches met."""
-        return self.alpha * neighbours + (1.0 - self.alpha) * self.ewma
+    def predict(self, load_now: float) -> float:
+        """The co-located load a batch starting now should expect: ``load_now`` (of the batches
+        it would start beside) blended with what finished batches met."""
+        return self.alpha * load_now + (1.0 - self.alpha) * self.ewma
 
 
 class CostView:
     """A policy's read-only window on a :class:`CostModel` (``SchedulerState.costs``).
 
-    ``neighbours()`` says how many batches one dispatched now would run beside (the engine's
-    running batches, at most its other workers).
+    ``neighbours()`` is the load of the batches one dispatched now would run beside (the
+    engine's running batches, at most its other workers); ``params(model)`` a model's size.
     """
 
-    __slots__ = ("_colocation", "_model", "_neighbours")
+    __slots__ = ("_colocation", "_model", "_neighbours", "_params")
 
-    def __init__(self, model: CostModel, colocation: Colocation, neighbours: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        model: CostModel,
+        colocation: Colocation,
+        neighbours: Callable[[], float],
+        params: Callable[[str], int],
+    ) -> None:
         self._model = model
         self._colocation = colocation
         self._neighbours = neighbours
+        self._params = params
 
-    def concurrency(self) -> float:
+    def colocated(self) -> float:
         """The co-located load a batch dispatched now is predicted to meet."""
         return self._colocation.predict(self._neighbours())
 
+    def features(self, model: str, requests: Sequence[Any]) -> BatchFeatures:
+        """The features of a batch of ``requests`` dispatched now."""
+        return batch_features(model, requests, self._params(model), self.colocated())
+
     def batch_seconds(self, model: str, requests: Sequence[Any]) -> float:
-        gflop = sum(r.gflop for r in requests)
-        rows = sum(r.rows for r in requests)
-        return self._model.predict_batch(BatchFeatures(model, gflop, rows, self.concurrency()))
+        return self._model.predict_batch(self.features(model, requests))
 
     def load_seconds(self, model: str, nbytes: int) -> float:
         return self._model.predict_load(model, nbytes)
 
 
 class CostModel:
-    """Batch latency and load time, per model, learned online; see the module's docstring."""
+    """Batch latency and load time, per model, learned online; see the module's docstring.
 
-    FEATURES = 4
+    Beside the per-model estimators, one factor for the whole machine (:attr:`machine`): how
+    much slower (or faster) than learned every model runs now. When something else starts
+    using the machine, every model slows at once; each model's estimator, fed only its own
+    batches, would take about a hundred of them to follow (forgetting 0.98), while the factor
+    learns from every batch of every model (a step of ``MACHINE_RATE`` on the log of the ratio,
+    each batch's ratio clipped to ``exp(±MACHINE_CLIP)`` so one surprise moves it little). It
+    learns only from models with ``MACHINE_AFTER`` batches behind them: a new model's errors are
+    its own, not the machine's. The estimators learn latencies divided by the factor, so a
+    change is followed once, by the factor, not by both.
+    """
+
+    FEATURES = 8
     #: How much less sure a new model's estimator is than the shared one it starts from.
     INFLATION = 100.0
+    MACHINE_RATE = 0.1
+    MACHINE_CLIP = 0.5
+    MACHINE_AFTER = 10
 
     def __init__(self, forgetting: float = 0.98) -> None:
         self.forgetting = forgetting
+        self.machine_log = 0.0
+        """The log of :attr:`machine`."""
         self.shared = RecursiveLeastSquares(self.FEATURES, forgetting)
         self.models: dict[str, RecursiveLeastSquares] = {}
         self.loads: dict[str, RecursiveLeastSquares] = {}
@@ -190,17 +271,28 @@ class CostModel:
             self.models[model] = estimator
         return estimator
 
+    @property
+    def machine(self) -> float:
+        """How many times slower than its estimators predict the machine runs now (1.0: as learned)."""
+        return math.exp(self.machine_log)
+
     def predict_batch(self, features: BatchFeatures) -> float:
         """Seconds; never below zero."""
         estimator = self.models.get(features.model, self.shared)
-        return max(0.0, estimator.predict(features.vector()))
+        return max(0.0, estimator.predict(features.vector())) * self.machine
 
     def observe_batch(self, features: BatchFeatures, seconds: float) -> float:
         """Learn from a finished batch; returns the relative error of the prediction made before it."""
         predicted = self.predict_batch(features)
-        x = features.vector()
-        self._for(features.model).update(x, seconds)
-        self.shared.update(x, seconds)
+        own = self.models.get(features.model)
+        if predicted > 0 and seconds > 0 and own is not None and own.count >= self.MACHINE_AFTER:
+            surprise = min(self.MACHINE_CLIP, max(-self.MACHINE_CLIP, math.log(seconds / predicted)))
+            self.machine_log += self.MACHINE_RATE * surprise
+        # The estimators learn the latency as it would be on the machine as learned: what the
+        # factor explains is not learned twice (both would follow a step, then overshoot).
+        x, y = features.vector(), seconds / self.machine
+        self._for(features.model).update(x, y)
+        self.shared.update(x, y)
         return (predicted - seconds) / seconds if seconds > 0 else 0.0
 
     def predict_load(self, model: str, nbytes: int) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -20,7 +21,7 @@ from types import TracebackType
 from typing import Any
 
 from .clock import Clock, MonotonicClock, TimerHandle
-from .costs import BatchCost, BatchFeatures, Colocation, CostModel, CostView
+from .costs import BatchCost, BatchFeatures, Colocation, CostModel, CostView, tokens
 from .errors import (
     ChronoserveError,
     EngineClosed,
@@ -178,7 +179,7 @@ class Engine:
         """The online cost model: learns from every batch and load (see :mod:`chronoserve.costs`);
         pass one seeded from a profile (:meth:`EngineSettings.cost_model`) to start from it."""
         self._colocation = Colocation()
-        self._cost_view = CostView(self.costs, self._colocation, self._neighbours)
+        self._cost_view = CostView(self.costs, self._colocation, self._neighbours, self._params)
         self._tasks: set[asyncio.Task[None]] = set()
         self._seq = itertools.count()
         self._batch_ids = itertools.count()
@@ -332,6 +333,7 @@ class Engine:
             spec, prepared.horizon, covariate_signature(prepared.past_covariates, prepared.future_covariates)
         )
         now = self._clock.now()
+        tokens_in, tokens_out, steps = tokens(spec, len(prepared.context), prepared.horizon)
         queued = QueuedRequest(
             seq,
             spec.name,
@@ -343,6 +345,9 @@ class Engine:
             gflop=prepared.gflop,
             rows=prepared.rows,
             priority=priority,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            steps=steps,
         )
         assert self._wake is not None
         future: asyncio.Future[ForecastResult] = asyncio.get_running_loop().create_future()
@@ -538,10 +543,22 @@ class Engine:
             costs=self._cost_view,
         )
 
-    def _neighbours(self) -> int:
-        """Batches a batch dispatched now would run beside: those running, at most the other workers."""
-        running = sum(1 for b in self._inflight.values() if b.signal.started is not None)
-        return min(running, self.workers - 1)
+    def _params(self, model: str) -> int:
+        spec = self._specs[model]
+        return spec.num_params or max(1, spec.est_nbytes // 4)
+
+    def _running_loads(self) -> list[tuple[float, float]]:
+        """(start, load) of the batches running now: their passes per second, as predicted."""
+        return [
+            (b.signal.started, b.features.passes_per_second(b.predicted))
+            for b in self._inflight.values()
+            if b.signal.started is not None
+        ]
+
+    def _neighbours(self) -> float:
+        """The load a batch dispatched now would run beside: the running batches' (at most the other workers')."""
+        loads = sorted((load for _, load in self._running_loads()), reverse=True)
+        return sum(loads[: self.workers - 1])
 
     def _tick(self) -> float | None:
         if not self._queued and not self._pool.entries:
@@ -710,12 +727,7 @@ class Engine:
             p.batch = batch_id
         bound = self.limits.max_inference_seconds
         signal = StopSignal(self._clock, None if bound is None else now + bound, bound)
-        features = BatchFeatures(
-            decision.model,
-            sum(p.queued.gflop for p in members),
-            sum(p.queued.rows for p in members),
-            self._cost_view.concurrency(),
-        )
+        features = self._cost_view.features(decision.model, [p.queued for p in members])
         self._inflight[batch_id] = _InFlight(
             RunningBatch(decision.model, n, now, decision.ephemeral),
             members,
@@ -773,12 +785,13 @@ class Engine:
             batch = self._inflight.pop(batch_id)
             if ran is not None:  # learn what it cost, with the neighbours it really met
                 seconds = ran.inference_seconds
-                running = (b.signal.started for b in self._inflight.values() if b.signal.started is not None)
-                met = self._colocation.finished(ran.started, ran.started + seconds, running)
                 f = batch.features
-                actual = BatchFeatures(f.model, f.gflop, f.rows, met)
+                met = self._colocation.finished(
+                    ran.started, ran.started + seconds, f.passes_per_second(seconds), self._running_loads()
+                )
+                actual = dataclasses.replace(f, colocated=met)
                 self.costs.observe_batch(actual, seconds)
-                self._notify("batch_cost", BatchCost(actual, f.concurrency, batch.predicted, seconds))
+                self._notify("batch_cost", BatchCost(actual, f.colocated, batch.predicted, seconds))
             if entry is not None:
                 entry.running -= 1
                 entry.last_used = self._clock.now()

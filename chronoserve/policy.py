@@ -48,6 +48,12 @@ class QueuedRequest:
     """Its series rows: the target and, for Chronos-2, each covariate."""
     priority: int | None = None
     """Its class: 1 is the highest (as in Triton); None is the default class, below every numbered one."""
+    tokens_in: int = 0
+    """Tokens one of its rows makes the model read (:func:`chronoserve.costs.tokens`)."""
+    tokens_out: int = 0
+    """Tokens one of its rows makes the model produce."""
+    steps: int = 1
+    """Sequential passes it needs (Chronos-T5: one per horizon step)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,16 +9,16 @@ from chronoserve.costs import BatchFeatures, Colocation, CostModel, RecursiveLea
 
 
 def synthetic(model_gflops: dict[str, float], n: int, seed: int, slow: float = 1.0, colocated: bool = True):
-    """Batches with a known cost: 2 ms + 1 ms/GFLOP (+60 % per neighbour) + 0.05 ms/row, 2 % noise."""
+    """Batches with a known cost: 2 ms + 1 ms/GFLOP (+60 % per unit of co-located load) + 0.05 ms/row, 2 % noise."""
     rng = np.random.default_rng(seed)
     names = list(model_gflops)
     for _ in range(n):
         model = names[rng.integers(len(names))]
         rows = int(rng.integers(1, 65))
         gflop = model_gflops[model] * rows
-        concurrency = float(rng.uniform(0, 1.5)) if colocated else 0.0
-        f = BatchFeatures(model, gflop, rows, concurrency)
-        seconds = slow * (0.002 + 0.001 * gflop * (1 + 0.6 * concurrency) + 0.00005 * rows)
+        load = float(rng.uniform(0, 1.5)) if colocated else 0.0
+        f = BatchFeatures(model, gflop, rows, load)
+        seconds = slow * (0.002 + 0.001 * gflop * (1 + 0.6 * load) + 0.00005 * rows)
         yield f, seconds * float(rng.normal(1.0, 0.02))
 
 
@@ -79,23 +79,32 @@ def test_a_model_never_seen_is_predicted_from_its_size():
     assert "new" in model.models and np.median(relative_errors(model, unseen[30:])) < 0.05
 
 
-def test_colocation_averages_the_neighbours_over_a_batch_run():
+def test_colocation_averages_the_neighbours_load_over_a_batch_run():
     c = Colocation(alpha=0.5)
-    # a runs 0..4, b runs 1..3: b finishes first, beside a (still running, started at 0) all its run.
-    assert c.finished(1.0, 3.0, running=[0.0]) == pytest.approx(1.0)
-    assert c.predict(1) == pytest.approx(0.5 * 1 + 0.5 * 0.5)  # starting beside a; the EWMA saw 1.0
-    assert c.finished(0.0, 4.0, running=[]) == pytest.approx(2.0 / 4.0)  # b beside a for 2 of its 4 s
-    assert c.predict(0) == pytest.approx(0.5 * 0 + 0.5 * 0.5)  # nothing runs; the EWMA is now 0.5
+    # a runs 0..4 with a load of 0.5 (50 passes/s); b runs 1..3 with a load of 2.0.
+    # b finishes first, beside a (still running) all its run: it met a's 0.5.
+    assert c.finished(1.0, 3.0, 2.0, running=[(0.0, 0.5)]) == pytest.approx(0.5)
+    assert c.predict(0.5) == pytest.approx(0.5 * 0.5 + 0.5 * 0.25)  # starting beside a; the EWMA saw 0.5
+    # a met b's 2.0 for 2 of its 4 seconds.
+    assert c.finished(0.0, 4.0, 0.5, running=[]) == pytest.approx(2.0 * 2.0 / 4.0)
+    assert c.predict(0.0) == pytest.approx(0.5 * (0.5 * 1.0 + 0.5 * 0.25))  # nothing runs: the EWMA only
 
 
 def test_colocation_counts_neighbours_that_came_and_went_during_a_run():
     c = Colocation()
-    # x runs 0..10; y ran 2..4 and z ran 5..6 and both finished before x; w started at 9 and runs on.
-    assert c.finished(2.0, 4.0, running=[0.0]) == pytest.approx(1.0)
-    assert c.finished(5.0, 6.0, running=[0.0]) == pytest.approx(1.0)
-    assert c.finished(0.0, 10.0, running=[9.0]) == pytest.approx((2 + 1 + 1) / 10)
+    # x runs 0..10 (load 1); y ran 2..4 (load 3) and z 5..6 (load 2), both finished before x;
+    # w started at 9 (load 4) and runs on.
+    assert c.finished(2.0, 4.0, 3.0, running=[(0.0, 1.0)]) == pytest.approx(1.0)
+    assert c.finished(5.0, 6.0, 2.0, running=[(0.0, 1.0)]) == pytest.approx(1.0)
+    assert c.finished(0.0, 10.0, 1.0, running=[(9.0, 4.0)]) == pytest.approx((2 * 3 + 1 * 2 + 1 * 4) / 10)
     # Runs that can overlap nothing still running are forgotten: only x (ends 10 > w's start 9) stays.
-    assert c._done == [(0.0, 10.0)]
+    assert c._done == [(0.0, 10.0, 1.0)]
+
+
+def test_a_batchs_load_on_its_neighbours_is_its_passes_per_second():
+    assert BatchFeatures("t5", 9.0, 4, steps=16).passes_per_second(0.2) == pytest.approx(0.8)  # 80 passes/s
+    assert BatchFeatures("bolt", 9.0, 4).passes_per_second(0.05) == pytest.approx(0.2)
+    assert BatchFeatures("bolt", 9.0, 4).passes_per_second(0.0) == pytest.approx(10.0)  # bounded: 1 ms at least
 
 
 def test_loads_are_learned_per_model_and_shared_for_new_ones():
@@ -133,7 +142,7 @@ async def test_the_engine_feeds_the_cost_model_every_batch_with_its_features():
         ]
         await engine.forecast_many(requests)
     assert [f.rows for f, _, _ in seen] == [8, 8]  # 4 requests x (target + 1 covariate)
-    assert all(f.model == "c2" and f.gflop > 0 and f.concurrency == 0.0 for f, _, _ in seen)
+    assert all(f.model == "c2" and f.gflop > 0 and f.colocated == 0.0 for f, _, _ in seen)
     assert engine.costs.models["c2"].count == 2
     assert "c2" in engine.costs.loads  # the load was learned too
 
@@ -174,7 +183,7 @@ async def test_a_batch_waiting_in_the_prefetch_slot_is_not_a_neighbour():
     async with _threaded_engine(FakeLoader(predict_seconds=0.002), 1, costs) as engine:
         await engine.forecast_many([ForecastRequest(model="fake", target=np.ones(16), horizon=4)] * 12)
     assert len(costs.seen) == 6
-    assert all(f.concurrency == 0.0 for f, _, _ in costs.seen)  # what each met
+    assert all(f.colocated == 0.0 for f, _, _ in costs.seen)  # what each met
     assert engine.costs.models["fake"].count == 6
 
 
@@ -199,8 +208,8 @@ async def test_two_batches_running_together_each_count_the_other():
     costs = _Costs()
     async with _threaded_engine(Loader(), 2, costs) as engine:
         await engine.forecast_many([ForecastRequest(model="fake", target=np.ones(16), horizon=4)] * 4)
-    met = sorted(f.concurrency for f, _, _ in costs.seen)
-    assert len(met) == 2 and all(0.0 < m <= 1.0 for m in met)
+    met = [f.colocated for f, _, _ in costs.seen]
+    assert len(met) == 2 and all(m > 0.0 for m in met)
 
 
 # -- what policies see ----------------------------------------------------------------------------
@@ -305,3 +314,21 @@ def test_a_known_future_covariate_is_one_row_not_two():
     both = PreparedRequest(one, 2, (0.5,), past_covariates={"a": one, "b": one}, future_covariates={"a": one[:2]})
     assert both.rows == 3  # target, a (past and future), b
     assert PreparedRequest(one, 2, (0.5,)).rows == 1
+
+
+def test_when_the_whole_machine_slows_down_every_model_follows_within_fifty_batches():
+    """A step of 1.5x on every model at once: each model's own estimator sees a third of the batches."""
+    model = CostModel()
+    gflops = {"a": 0.1, "b": 0.3, "c": 0.6}
+    for f, s in synthetic(gflops, 600, seed=11):
+        model.observe_batch(f, s)
+    assert model.machine == pytest.approx(1.0, abs=0.05)
+    after = list(synthetic(gflops, 300, seed=12, slow=1.5))
+    errors = []
+    for f, s in after:
+        errors.append(abs(model.predict_batch(f) - s) / s)
+        model.observe_batch(f, s)
+    assert np.median(errors[:5]) > 0.25  # the step, as it happens
+    assert np.median(errors[40:50]) < 0.06  # followed within 50 batches
+    assert np.median(errors[200:]) < 0.035  # and it stays there (the noise is 2 %)
+    assert model.machine == pytest.approx(1.5, rel=0.1)  # the factor holds the step, the estimators the rest

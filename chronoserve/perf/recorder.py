@@ -52,8 +52,8 @@ class BatchRecorder(EngineObserver):
 PREDICTION_FIELDS: tuple[str, ...] = (
     "gflop",
     "rows",
-    "concurrency",
-    "expected_concurrency",
+    "colocated",
+    "expected_colocated",
     "predicted_s",
     "relative_error",
 )
@@ -63,8 +63,9 @@ class PredictionRecorder(EngineObserver):
     """One row per batch: the cost model's prediction at dispatch and what the batch took.
 
     ``logger`` must have :data:`PREDICTION_FIELDS` as its ``extra_fields``. ``relative_error``
-    is ``(predicted - actual) / actual``; ``concurrency`` the neighbours the batch really met,
-    ``expected_concurrency`` those the prediction assumed at dispatch.
+    is ``(predicted - actual) / actual``; ``colocated`` the co-located load the batch really met
+    (passes per second of its neighbours, in hundreds), ``expected_colocated`` the one the
+    prediction assumed at dispatch.
     ``serve --log-predictions PATH`` and ``replay --log-predictions`` write these.
     """
 
@@ -78,8 +79,8 @@ class PredictionRecorder(EngineObserver):
             latency_s=cost.seconds,
             gflop=round(f.gflop, 6),
             rows=f.rows,
-            concurrency=round(f.concurrency, 4),
-            expected_concurrency=round(cost.expected_concurrency, 4),
+            colocated=round(f.colocated, 4),
+            expected_colocated=round(cost.expected_colocated, 4),
             predicted_s=cost.predicted_seconds,
             relative_error=cost.relative_error,
         )

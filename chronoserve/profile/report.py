@@ -9,6 +9,7 @@ latency before the first live batch, and :meth:`Profile.figures` is what ``GET /
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -45,6 +46,7 @@ COLUMNS: tuple[str, ...] = (
     "energy_j_per_forecast",
     "gflop_per_batch",
     "rows_per_batch",
+    "steps_per_batch",
     "slo_p95_ms",
     "max_wait_ms",
     "msrr_per_s",
@@ -150,7 +152,7 @@ class Profile:
         return sorted({str(r["model"]) for r in self.rows})
 
     def seed(self, costs: CostModel, canonical: Any = None) -> int:
-        """Teach ``costs`` each row's median batch latency (its neighbours: the other workers);
+        """Teach ``costs`` each row's median batch latency (beside the other workers' batches);
         returns the rows taught. ``canonical`` maps a row's model name to the engine's."""
         taught = 0
         for r in self.rows:
@@ -158,7 +160,11 @@ class Profile:
             if p50 is None or gflop is None or rows is None:
                 continue
             model = str(r["model"]) if canonical is None else canonical(str(r["model"]))
-            features = BatchFeatures(model, float(gflop), int(rows), float(int(r["workers"]) - 1))
+            steps = int(r.get("steps_per_batch") or 1)
+            alone = BatchFeatures(model, float(gflop), int(rows), 0.0, steps)
+            # Every worker was busy: each batch ran beside (workers - 1) batches like itself.
+            beside = (int(r["workers"]) - 1) * alone.passes_per_second(float(p50) / 1000.0)
+            features = dataclasses.replace(alone, colocated=beside)
             costs.observe_batch(features, float(p50) / 1000.0)
             taught += 1
         return taught

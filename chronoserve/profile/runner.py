@@ -158,15 +158,16 @@ class _Batches(EngineObserver):
     """Every batch that ran: its size, inference time, and the work the engine estimated for it."""
 
     def __init__(self) -> None:
-        self.runs: list[tuple[int, float, float, int]] = []
-        """(size, seconds, GFLOP, rows) per batch, in the order they finished."""
+        self.runs: list[tuple[int, float, float, int, int]] = []
+        """(size, seconds, GFLOP, rows, steps) per batch, in the order they finished."""
         self._size = 0
 
     def batch_finished(self, model: str, size: int, inference_seconds: float, ok: bool) -> None:
         self._size = size  # its batch_cost event follows at once (a batch that failed has none)
 
     def batch_cost(self, cost: BatchCost) -> None:
-        self.runs.append((self._size, cost.seconds, cost.features.gflop, cost.features.rows))
+        f = cost.features
+        self.runs.append((self._size, cost.seconds, f.gflop, f.rows, f.steps))
 
 
 def _percentile_ms(values: Sequence[float], q: float) -> float | None:
@@ -239,6 +240,7 @@ async def _saturate(
         "energy_j_per_forecast": None if energy is None or not answered else energy / answered,
         "gflop_per_batch": float(np.median([r[2] for r in runs])) if runs else None,
         "rows_per_batch": int(np.median([r[3] for r in runs])) if runs else None,
+        "steps_per_batch": int(np.median([r[4] for r in runs])) if runs else None,
     }
 
 
