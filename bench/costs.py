@@ -569,7 +569,7 @@ def hot_path(repeat: int = 20_000) -> dict[str, float]:
     calls: dict[str, Callable[[], object]] = {
         "predict a batch of 32 (features + prediction)": lambda: view.batch_seconds("m", requests),
         "learn from a finished batch": lambda: model.observe_batch(features, 0.05),
-        "co-location update when a batch ends": lambda: colocation.finished(0.0, 0.05, 0.2, [(0.01, 0.3)]),
+        "co-location update when a batch ends": lambda: colocation.finished(1, 0.0, 0.05, 0.2, {2: (0.01, 0.3)}),
     }
     for name, call in calls.items():
         start = time.perf_counter()

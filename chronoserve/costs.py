@@ -31,7 +31,7 @@ the engine feeds it and policies may read it, and the tests drive it with made-u
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -163,30 +163,33 @@ class Colocation:
     A batch's run is the interval a worker spent on it (from the model's start to its end, not
     the time it waited for a worker), and its load on the others is its forward passes per
     second (:meth:`BatchFeatures.passes_per_second`; predicted while it runs, measured once it
-    ended). When a batch finishes, :meth:`finished` integrates the load of every batch that ran
-    beside it: those finished meanwhile (kept here while they can still overlap a running one)
-    and those still running. The mean feeds an EWMA (``alpha``), the paper's dynamic variant (α
-    in {1/3, 1/2, 2/3}); :meth:`predict` blends it with the load a batch starting now would meet.
+    ended). When a batch finishes, :meth:`finished` adds what it put on each batch still running
+    to that batch's account, and settles its own: what finished neighbours put on it, plus what
+    the ones still running did since they started. So each call costs O(batches running), however
+    many short batches ran beside a long one. The mean feeds an EWMA (``alpha``), the paper's
+    dynamic variant (α in {1/3, 1/2, 2/3}); :meth:`predict` blends it with the load a batch
+    starting now would meet.
     """
 
     alpha: float = 0.5
     ewma: float = 0.0
-    _done: list[tuple[float, float, float]] = field(default_factory=list)
-    """(start, end, load) of finished batches that may still overlap a running one."""
+    _met: dict[Hashable, float] = field(default_factory=dict)
+    """Per running batch: load x seconds that finished neighbours put on it so far."""
 
-    def finished(self, start: float, end: float, load: float, running: Iterable[tuple[float, float]]) -> float:
-        """The mean co-located load met by the batch that ran over ``[start, end]`` with ``load`` of its own.
+    def finished(
+        self, batch: Hashable, start: float, end: float, load: float, running: Mapping[Any, tuple[float, float]]
+    ) -> float:
+        """The mean co-located load met by ``batch``, which ran over ``[start, end]`` with ``load`` of its own.
 
-        ``running``: (start, load) of the batches still running (those that have started).
+        ``running``: (start, load) of each batch still running (those that have started).
         """
-        beside = list(running)
         duration = end - start
-        met = sum(w * max(0.0, min(e, end) - max(s, start)) for s, e, w in self._done)
-        met += sum(w * max(0.0, end - max(s, start)) for s, w in beside if s < end)
-        mean = met / duration if duration > 0 else sum(w for _, w in beside)
-        self._done.append((start, end, load))
-        horizon = min((s for s, _ in beside), default=end)  # batches yet to finish run from here on
-        self._done = [(s, e, w) for s, e, w in self._done if e > horizon]
+        met = self._met.pop(batch, 0.0)
+        met += sum(w * max(0.0, end - max(s, start)) for s, w in running.values())
+        for other, (s, _) in running.items():
+            self._met[other] = self._met.get(other, 0.0) + load * max(0.0, end - max(s, start))
+        self._met = {k: v for k, v in self._met.items() if k in running}  # failed batches never finish
+        mean = met / duration if duration > 0 else sum(w for _, w in running.values())
         self.ewma = self.alpha * mean + (1.0 - self.alpha) * self.ewma
         return mean
 

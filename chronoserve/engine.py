@@ -547,17 +547,17 @@ class Engine:
         spec = self._specs[model]
         return spec.num_params or max(1, spec.est_nbytes // 4)
 
-    def _running_loads(self) -> list[tuple[float, float]]:
-        """(start, load) of the batches running now: their passes per second, as predicted."""
-        return [
-            (b.signal.started, b.features.passes_per_second(b.predicted))
-            for b in self._inflight.values()
+    def _running_loads(self) -> dict[int, tuple[float, float]]:
+        """(start, load) of each batch running now: its passes per second, as predicted."""
+        return {
+            batch_id: (b.signal.started, b.features.passes_per_second(b.predicted))
+            for batch_id, b in self._inflight.items()
             if b.signal.started is not None
-        ]
+        }
 
     def _neighbours(self) -> float:
         """The load a batch dispatched now would run beside: the running batches' (at most the other workers')."""
-        loads = sorted((load for _, load in self._running_loads()), reverse=True)
+        loads = sorted((load for _, load in self._running_loads().values()), reverse=True)
         return sum(loads[: self.workers - 1])
 
     def _tick(self) -> float | None:
@@ -787,7 +787,7 @@ class Engine:
                 seconds = ran.inference_seconds
                 f = batch.features
                 met = self._colocation.finished(
-                    ran.started, ran.started + seconds, f.passes_per_second(seconds), self._running_loads()
+                    batch_id, ran.started, ran.started + seconds, f.passes_per_second(seconds), self._running_loads()
                 )
                 actual = dataclasses.replace(f, colocated=met)
                 self.costs.observe_batch(actual, seconds)

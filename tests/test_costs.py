@@ -83,10 +83,10 @@ def test_colocation_averages_the_neighbours_load_over_a_batch_run():
     c = Colocation(alpha=0.5)
     # a runs 0..4 with a load of 0.5 (50 passes/s); b runs 1..3 with a load of 2.0.
     # b finishes first, beside a (still running) all its run: it met a's 0.5.
-    assert c.finished(1.0, 3.0, 2.0, running=[(0.0, 0.5)]) == pytest.approx(0.5)
+    assert c.finished("b", 1.0, 3.0, 2.0, running={"a": (0.0, 0.5)}) == pytest.approx(0.5)
     assert c.predict(0.5) == pytest.approx(0.5 * 0.5 + 0.5 * 0.25)  # starting beside a; the EWMA saw 0.5
     # a met b's 2.0 for 2 of its 4 seconds.
-    assert c.finished(0.0, 4.0, 0.5, running=[]) == pytest.approx(2.0 * 2.0 / 4.0)
+    assert c.finished("a", 0.0, 4.0, 0.5, running={}) == pytest.approx(2.0 * 2.0 / 4.0)
     assert c.predict(0.0) == pytest.approx(0.5 * (0.5 * 1.0 + 0.5 * 0.25))  # nothing runs: the EWMA only
 
 
@@ -94,11 +94,20 @@ def test_colocation_counts_neighbours_that_came_and_went_during_a_run():
     c = Colocation()
     # x runs 0..10 (load 1); y ran 2..4 (load 3) and z 5..6 (load 2), both finished before x;
     # w started at 9 (load 4) and runs on.
-    assert c.finished(2.0, 4.0, 3.0, running=[(0.0, 1.0)]) == pytest.approx(1.0)
-    assert c.finished(5.0, 6.0, 2.0, running=[(0.0, 1.0)]) == pytest.approx(1.0)
-    assert c.finished(0.0, 10.0, 1.0, running=[(9.0, 4.0)]) == pytest.approx((2 * 3 + 1 * 2 + 1 * 4) / 10)
-    # Runs that can overlap nothing still running are forgotten: only x (ends 10 > w's start 9) stays.
-    assert c._done == [(0.0, 10.0, 1.0)]
+    assert c.finished("y", 2.0, 4.0, 3.0, running={"x": (0.0, 1.0)}) == pytest.approx(1.0)
+    assert c.finished("z", 5.0, 6.0, 2.0, running={"x": (0.0, 1.0)}) == pytest.approx(1.0)
+    assert c.finished("x", 0.0, 10.0, 1.0, running={"w": (9.0, 4.0)}) == pytest.approx((2 * 3 + 1 * 2 + 1 * 4) / 10)
+    # What x put on w (1 s of load 1) waits on w's account; nothing else is kept.
+    assert c._met == {"w": pytest.approx(1.0)}
+    assert c.finished("w", 9.0, 12.0, 4.0, running={}) == pytest.approx(1.0 / 3.0)
+    assert c._met == {}
+
+
+def test_colocation_keeps_nothing_of_a_batch_that_never_finished():
+    c = Colocation()
+    c.finished("y", 0.0, 1.0, 1.0, running={"stopped": (0.0, 1.0)})
+    c.finished("z", 1.0, 2.0, 1.0, running={})  # "stopped" failed: it is running no more
+    assert c._met == {}
 
 
 def test_a_batchs_load_on_its_neighbours_is_its_passes_per_second():

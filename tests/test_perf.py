@@ -256,9 +256,41 @@ def test_raspberry_pi_readings_come_from_vcgencmd():
         "measure_clock": "frequency(48)=1800000000",
         "get_throttled": "throttled=0x20002",
     }
-    sensors = Sensors(root="/nonexistent", run=lambda argv: answers[argv[1]], psutil_module=FakePsutil())
+    sensors = Sensors(root="/nonexistent", run=lambda argv: answers.get(argv[1]), psutil_module=FakePsutil())
     assert sensors.read() == {"temp_c": 61.2, "freq_mhz": 1800.0, "throttled": 0x20002, "energy_uj": None}
     assert sensors.sources["throttled"] == "vcgencmd get_throttled"
+
+
+#: ``vcgencmd pmic_read_adc`` on a Raspberry Pi 5 (abridged: two rails, and a voltage without a current).
+PMIC = """\
+     3V3_SYS_A current(1)=0.05000000A
+    VDD_CORE_A current(7)=2.00000000A
+     3V3_SYS_V volt(9)=3.30000000V
+    VDD_CORE_V volt(15)=0.80000000V
+     EXT5V_V volt(24)=5.10000000V
+"""
+
+
+def test_a_raspberry_pi_5s_energy_integrates_its_pmic_rails_between_readings():
+    from chronoserve.perf.sensors import parse_pmic_power
+
+    assert parse_pmic_power(PMIC) == pytest.approx(0.05 * 3.3 + 2.0 * 0.8)  # EXT5V has no current: left out
+    assert parse_pmic_power("no rails here") is None
+    now = [100.0]
+    text = [PMIC]
+    sensors = Sensors(
+        root="/nonexistent",
+        run=lambda argv: text[0] if argv[1] == "pmic_read_adc" else None,
+        psutil_module=FakePsutil(),
+        clock=lambda: now[0],
+    )
+    assert "PMIC" in str(sensors.sources["energy_uj"])
+    now[0] = 102.0  # 2 s at 1.765 W
+    first = sensors.read()["energy_uj"]
+    assert first == pytest.approx(2 * 1.765 * 1e6, rel=1e-6)
+    text[0] = PMIC.replace("2.00000000A", "4.00000000A")  # the core draws 3.365 W now: a trapezoid
+    now[0] = 103.0
+    assert sensors.read()["energy_uj"] - first == pytest.approx((1.765 + 3.365) / 2 * 1e6, rel=1e-6)
 
 
 def _write(path: Path, text: str) -> None:

@@ -16,7 +16,11 @@ in ``docs/edge.md`` and the edge notes, part A2):
 - ``energy_uj``: the sum of the RAPL package counters
   ``/sys/class/powercap/intel-rapl:N/energy_uj``, wrap-corrected with
   ``max_energy_range_uj``, as microjoules since the first reading. Root-only on Linux since
-  ~5.10 (CVE-2020-8694), so usually None unless access was granted.
+  ~5.10 (CVE-2020-8694), so usually None unless access was granted. Without RAPL, on a
+  Raspberry Pi 5: the PMIC's rails (``vcgencmd pmic_read_adc``: current and voltage per rail,
+  power = the sum of current x voltage) integrated between readings (trapezoids), so its
+  accuracy depends on how often it is read (the samplers read it every interval); the rails
+  are the board's own supplies, not what USB devices draw.
 
 :attr:`Sensors.sources` says which source each field uses, for the run's metadata.
 """
@@ -27,6 +31,7 @@ import importlib
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,6 +56,18 @@ def run_command(argv: Sequence[str], timeout: float = 2.0) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout if done.returncode == 0 else None
+
+
+_PMIC_CURRENT = re.compile(r"(\S+)_A current\(\d+\)=([-\d.]+)A")
+_PMIC_VOLT = re.compile(r"(\S+)_V volt\(\d+\)=([-\d.]+)V")
+
+
+def parse_pmic_power(text: str) -> float | None:
+    """Watts from ``vcgencmd pmic_read_adc``: current x voltage summed over the rails that report both."""
+    currents = {name: float(value) for name, value in _PMIC_CURRENT.findall(text)}
+    volts = {name: float(value) for name, value in _PMIC_VOLT.findall(text)}
+    rails = currents.keys() & volts.keys()
+    return sum(currents[r] * volts[r] for r in rails) if rails else None
 
 
 def parse_vcgencmd_temp(text: str) -> float | None:
@@ -102,13 +119,23 @@ def _read_int(path: Path) -> int | None:
 class Sensors:
     """Reads :data:`SENSOR_FIELDS` from the first source that works, probed once at creation.
 
-    ``root`` is the filesystem root (a fake sysfs tree in tests), ``run`` runs ``vcgencmd``
-    and ``psutil_module`` stands in for psutil (None: the real one).
+    ``root`` is the filesystem root (a fake sysfs tree in tests), ``run`` runs ``vcgencmd``,
+    ``psutil_module`` stands in for psutil (None: the real one) and ``clock`` is what the PMIC's
+    power is integrated over.
     """
 
-    def __init__(self, *, root: str | Path = "/", run: CommandRunner = run_command, psutil_module: Any = None) -> None:
+    def __init__(
+        self,
+        *,
+        root: str | Path = "/",
+        run: CommandRunner = run_command,
+        psutil_module: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.root = Path(root)
         self._run = run
+        self._clock = clock
+        self._pmic_last: tuple[float, float] | None = None
         if psutil_module is None:
             psutil_module = importlib.import_module("psutil")  # no type stubs: used as Any
         self._psutil = psutil_module
@@ -132,6 +159,8 @@ class Sensors:
         if "freq_mhz" not in self._readers:
             self._probe_psutil_freq()
         self._probe_rapl()
+        if "energy_uj" not in self._readers:
+            self._probe_pmic()
         # Keep only sources whose first reading works: a source that exists but cannot be read
         # (a root-only file) is "unavailable", not a column of Nones with a source named.
         for name in list(self._readers):
@@ -242,6 +271,27 @@ class Sensors:
             self._energy_last = [_read_int(p) or 0 for p, _ in self._rapl]
             domains = ", ".join(str(p) for p, _ in self._rapl)
             self._add("energy_uj", f"RAPL {domains} (wrap-corrected, µJ since start)", self._read_energy)
+
+    def _probe_pmic(self) -> None:
+        text = self._run(("vcgencmd", "pmic_read_adc"))
+        power = parse_pmic_power(text) if text is not None else None
+        if power is None:
+            return
+        self._pmic_last = (self._clock(), power)
+        self._energy_total = 0
+        source = "Raspberry Pi PMIC (vcgencmd pmic_read_adc: rail power integrated between readings, µJ since start)"
+        self._add("energy_uj", source, self._read_pmic_energy)
+
+    def _read_pmic_energy(self) -> int | None:
+        text = self._run(("vcgencmd", "pmic_read_adc"))
+        power = parse_pmic_power(text) if text is not None else None
+        if power is None or self._pmic_last is None:
+            return None
+        now = self._clock()
+        then, before = self._pmic_last
+        self._energy_total += int((power + before) / 2.0 * max(0.0, now - then) * 1e6)
+        self._pmic_last = (now, power)
+        return self._energy_total
 
     def _read_energy(self) -> int | None:
         readings = [_read_int(p) for p, _ in self._rapl]
