@@ -442,6 +442,54 @@ def recovery(predicted: np.ndarray, actual: np.ndarray, change: int, window: int
     return None
 
 
+def neighbour_slowdowns(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """How much slower a batch ran beside a neighbour than the same batch (model, work, rows,
+    steps) alone, by its main neighbour's model; and how much identical batches spread, alone
+    and beside one neighbour. Runs are rebuilt from each row's end (``time_s``) and ``seconds``;
+    batches run while the busy processes of the drift phase ran are left out."""
+    runs = [(float(r["time_s"]) - float(r["seconds"]), float(r["time_s"]), r) for r in rows if str(r["hog"]) != "1"]
+    runs.sort(key=lambda run: run[0])
+
+    def key(r: dict[str, Any]) -> tuple[Any, ...]:
+        return (r["model"], r["gflop"], r["rows"], r["steps"])
+
+    alone: dict[tuple[Any, ...], list[float]] = {}
+    beside_one: dict[tuple[Any, ...], list[float]] = {}
+    main: dict[int, str] = {}
+    for i, (start, end, r) in enumerate(runs):
+        overlaps = {}
+        for other_start, other_end, other in runs:
+            if other_start >= end:
+                break
+            if other is not r and other_end > start:
+                overlaps[str(other["model"])] = (
+                    overlaps.get(str(other["model"]), 0.0) + min(other_end, end) - max(other_start, start)
+                )
+        share = sum(overlaps.values()) / max(end - start, 1e-9)
+        if share < 0.05:
+            alone.setdefault(key(r), []).append(float(r["seconds"]))
+        elif 0.9 <= share <= 1.1:
+            beside_one.setdefault(key(r), []).append(float(r["seconds"]))
+            main[i] = max(overlaps, key=lambda m: overlaps[m])
+    base = {k: float(np.median(v)) for k, v in alone.items() if len(v) >= 2}
+    slowdowns: dict[tuple[str, str], list[float]] = {}
+    for i, (_, _, r) in enumerate(runs):
+        if i in main and key(r) in base:
+            slowdowns.setdefault((str(r["model"]), main[i]), []).append(float(r["seconds"]) / base[key(r)])
+
+    def spread(groups: dict[tuple[Any, ...], list[float]]) -> float:
+        deviations = [abs(x - np.median(v)) / np.median(v) for v in groups.values() if len(v) >= 3 for x in v]
+        return float(np.percentile(deviations, 90)) if deviations else float("nan")
+
+    return {
+        "slowdown": {
+            f"{a} beside {b}": (float(np.median(v)), len(v)) for (a, b), v in slowdowns.items() if len(v) >= 4
+        },
+        "spread_p90_alone": spread(alone),
+        "spread_p90_beside_one": spread(beside_one),
+    }
+
+
 def format_tables(tables: dict[str, dict[str, dict[str, float]]]) -> str:
     lines = []
     for test in (*TEST_SETS, "drift"):
@@ -533,8 +581,10 @@ def report(out: Path, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         for name in LEARNERS:
             p, a = results["predictions"][(name, "drift")]
             recoveries[name] = recovery(p, a, change)
+    neighbours = neighbour_slowdowns(rows)
     summary = {
         "tables": results["tables"],
+        "neighbours": neighbours,
         "recovery_batches": recoveries,
         "drift_change_at": change,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
@@ -542,6 +592,13 @@ def report(out: Path, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     print(format_tables(results["tables"]))
+    print("\nslowdown beside one neighbour against the same batch alone (median, batches), by the neighbour's model:")
+    for pair, (slowdown, n) in sorted(neighbours["slowdown"].items()):
+        print(f"  {pair:<62} {slowdown:5.2f}x  ({n})")
+    print(
+        f"identical batches spread (p90 of |x - median| / median): {neighbours['spread_p90_alone']:.0%} alone, "
+        f"{neighbours['spread_p90_beside_one']:.0%} beside one neighbour"
+    )
     if recoveries:
         print("\nbatches until the error is back to its level before the load changed, and stays")
         print("(rolling median of 10 within 5 points of the median before, for 20 batches):")

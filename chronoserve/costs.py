@@ -13,11 +13,11 @@ one step per horizon step; the patch models run one pass), and the co-located lo
 forward passes per second (in hundreds) the batches beside it ran, averaged over its run.
 
 Why passes per second and not a count of neighbours: measured here (bench/costs.py), the same
-batch beside a neighbour ran 1.05x slower beside random Chronos-2 (long GEMMs that release the
-GIL) and 1.2-1.5x slower beside Chronos-T5-tiny (many short decoding steps, Python between
-them): on a CPU, two workers interfere mostly through the interpreter lock, and a neighbour
-that launches many short passes holds it most. With a count of neighbours, identical batches
-beside "one neighbour" varied by 32 % (p90); see docs/costs.md.
+batch ran 1.01-1.21x slower beside random Chronos-2 (long GEMMs that release the GIL) and
+1.13-1.54x slower beside Chronos-T5-tiny (many short decoding steps, Python between them): on
+a CPU, two workers interfere mostly through the interpreter lock, and a neighbour that
+launches many short passes holds it most. Identical batches spread by 9 % alone and 21 %
+beside "one neighbour" (p90); see docs/costs.md.
 
 Latency = theta . [1, gflop, gflop x load, rows, steps, rows x steps, load, gflop^2 / 100].
 Each model has its own estimator; a model never seen starts from a shared estimator fitted on

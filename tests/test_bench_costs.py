@@ -9,6 +9,7 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,6 +40,7 @@ def synthetic_rows(seed: int = 0) -> list[dict]:
         ("drift", "abc", 200),
     ]
     rows = []
+    clock = 0.0
     for phase, models, n in plan:
         for i in range(n):
             model = str(rng.choice(list(models)))
@@ -47,6 +49,7 @@ def synthetic_rows(seed: int = 0) -> list[dict]:
             hog = phase == "drift" and i >= n // 2
             seconds = (0.001 + speed[model] * gflop) * (1 + 0.8 * colocated) * (1.5 if hog else 1.0)
             seconds *= float(rng.normal(1.0, 0.02))
+            clock += seconds  # one after the other: the co-located load is made up
             rows.append(
                 {
                     "phase": phase,
@@ -57,6 +60,7 @@ def synthetic_rows(seed: int = 0) -> list[dict]:
                     "colocated": colocated,
                     "expected_colocated": colocated,
                     "seconds": seconds,
+                    "time_s": clock,
                     "hog": int(hog),
                 }  # fmt: skip
             )
@@ -128,3 +132,18 @@ async def test_the_collection_records_every_batch_with_its_features(tmp_path):
 def test_the_hot_path_costs_are_measured():
     timings = load_bench().hot_path(repeat=50)
     assert len(timings) == 3 and all(t > 0 for t in timings.values())
+
+
+def test_slowdowns_are_read_from_the_runs_that_overlapped():
+    bench = load_bench()
+
+    def row(model, end, seconds):
+        return {"model": model, "gflop": 1.0, "rows": 1, "steps": 1, "time_s": end, "seconds": seconds, "hog": 0}
+
+    rows = [row("a", 1.0, 0.1), row("a", 2.0, 0.1), row("a", 3.0, 0.1)]  # alone: 100 ms
+    rows += [row("b", 4.2, 0.3), row("a", 4.15, 0.15)]  # a beside b (4.0-4.15 inside 3.9-4.2): 1.5x
+    rows += [row("b", 5.2, 0.3), row("a", 5.15, 0.15), row("b", 6.2, 0.3), row("a", 6.15, 0.15)]
+    rows += [row("b", 7.2, 0.3), row("a", 7.15, 0.15)]
+    found = bench.neighbour_slowdowns(rows)
+    assert found["slowdown"]["a beside b"] == (pytest.approx(1.5), 4)
+    assert found["spread_p90_alone"] == pytest.approx(0.0)
