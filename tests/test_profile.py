@@ -277,3 +277,16 @@ def test_profile_quick_on_a_tiny_model_writes_the_table_json_and_plots(tmp_path,
     assert profile.seed(costs) == 6 and np.isfinite(
         costs.predict_batch(BatchFeatures("random/tiny-chronos-bolt", 1.0, 8))
     )
+
+
+def test_a_second_profile_writing_to_the_same_out_is_refused(tmp_path, capsys):
+    import fcntl
+
+    out = tmp_path / "p"
+    out.mkdir()
+    with (out / ".lock").open("a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 4242")
+        held.flush()
+        assert main(["profile", "--quick", "--models", "tiny-chronos-bolt", "--out", str(out)]) == 2
+    assert "another chronoserve profile (pid 4242) is writing to" in capsys.readouterr().err

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import json
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -174,18 +177,68 @@ def _previous_rows(out: Path, settings: RunSettings, *, fresh: bool) -> list[dic
 
 
 def _run_child(work: Work, directory: Path) -> int:
+    """Run one profile process; if this one is interrupted or terminated, so is the child."""
     path = directory / f"work-{work.model.replace('/', '_')}-{work.workers}x{work.torch_threads}.json"
     path.write_text(json.dumps(work.to_dict(), indent=2) + "\n", encoding="utf-8")
     env = dict(os.environ)
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[name] = str(work.torch_threads)
+    child = subprocess.Popen([sys.executable, "-m", "chronoserve.profile", str(path)], env=env)
     try:
-        return subprocess.run([sys.executable, "-m", "chronoserve.profile", str(path)], env=env, check=False).returncode
+        return child.wait()
+    except BaseException:
+        child.terminate()
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        raise
     finally:
         path.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def _only_writer(out: Path) -> Iterator[None]:
+    """Hold ``out/.lock`` while profiling: two runs appending to one journal would mix their rows."""
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / ".lock").open("a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise UsageError(f"--out: another chronoserve profile ({holder}) is writing to {out}") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the run the way Ctrl-C does: the child too
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        with _only_writer(Path(args.out)):
+            return _profile(args)
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _profile(args: argparse.Namespace) -> int:
     from ..edge.metadata import machine_info
     from .report import format_table, read_journal, sort_rows, write_csv, write_json
 
@@ -208,9 +261,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
             flush=True,
         )
         code = _run_child(work, p.out)
-        if code == 130:
-            print("interrupted: run the same command again to resume", file=sys.stderr)
-            return 130
+        if code in (130, -signal.SIGINT, -signal.SIGTERM):
+            raise KeyboardInterrupt
         if code != 0:
             failures.append(f"{work.model} {work.workers}x{work.torch_threads} (exit {code})")
     rows = sort_rows(read_journal(p.out / JOURNAL), [c.name for c in p.classes])
