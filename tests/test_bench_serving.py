@@ -4,32 +4,22 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import benches
 import pytest
 
 pytest.importorskip("torch")
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = "random/tiny-chronos-bolt"
 N = 12
 
 
 def load_bench() -> ModuleType:
-    """bench/ is not a package: load bench/serving.py by its path."""
-    name = "_bench_serving"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / "serving.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+    return benches.load_bench("serving")
 
 
 @pytest.fixture(scope="module")

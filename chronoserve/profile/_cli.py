@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .._cli_common import UsageError
+from ..edge.pinning import THREAD_ENV
 from ..models.catalog import DEFAULT_MODEL
 from .classes import DEFAULT_CLASSES, QUICK_CLASSES, QueryClass, parse_classes
 from .runner import RunSettings, Work, row_key
@@ -181,7 +182,7 @@ def _run_child(work: Work, directory: Path) -> int:
     path = directory / f"work-{work.model.replace('/', '_')}-{work.workers}x{work.torch_threads}.json"
     path.write_text(json.dumps(work.to_dict(), indent=2) + "\n", encoding="utf-8")
     env = dict(os.environ)
-    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    for name in THREAD_ENV:  # OpenMP / BLAS pools sized from their first thread
         env[name] = str(work.torch_threads)
     child = subprocess.Popen([sys.executable, "-m", "chronoserve.profile", str(path)], env=env)
     try:
