@@ -544,7 +544,10 @@ class Engine:
         )
 
     def _params(self, model: str) -> int:
-        spec = self._specs[model]
+        """A model's parameters (0 for one no request has named: a policy may ask about any name)."""
+        spec = self._specs.get(model)
+        if spec is None:
+            return 0
         return spec.num_params or max(1, spec.est_nbytes // 4)
 
     def _running_loads(self) -> dict[int, tuple[float, float]]:

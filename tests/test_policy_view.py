@@ -122,3 +122,16 @@ def test_a_policy_can_order_by_deadline_from_a_hand_built_state():
 
     requests = [queued("m", 0.0, seq=1, deadline=9.0), queued("m", 0.1, seq=2, deadline=2.0), queued("m", 0.2, seq=3)]
     assert EarliestFirst().decide(state(requests, ready=["m"]), 1.0) == [Dispatch("m", (2,))]
+
+
+async def test_a_policy_may_ask_the_cost_of_a_model_no_request_named():
+    seen = []
+
+    class Asking(BatchedPolicy):
+        def decide(self, state, now):
+            seen.append(state.costs.batch_seconds("never-named", []))
+            return super().decide(state, now)
+
+    async with fake_engine(Asking(max_batch=1, max_wait=0)) as engine:
+        await engine.forecast(ForecastRequest(model="fake", target=np.ones(8), horizon=2))
+    assert seen and all(seconds >= 0.0 for seconds in seen)
