@@ -59,7 +59,7 @@ from .policy import (
     WakeAt,
 )
 from .pool import LoadFailure, ModelPool, PoolEntry
-from .request import ForecastRequest, ForecastResult, Timings, check_priority, check_timeout, prepare
+from .request import ForecastRequest, ForecastResult, Timings, check_deadline, check_priority, prepare
 from .status import EngineStats, ModelInfo
 from .stopping import BatchStopped, StopSignal
 
@@ -319,7 +319,7 @@ class Engine:
                 spec = await self._resolve(name)
             self._check_load_backoff(spec.name)
             prepared = prepare(request, spec, self.limits)
-            timeout, priority = check_timeout(request.timeout), check_priority(request.priority)
+            budget, priority = check_deadline(request.deadline), check_priority(request.priority)
             if self.max_queue is not None and self._queued >= self.max_queue:
                 self.counters["rejected_queue_full"] += 1
                 raise QueueFull(self.max_queue)
@@ -341,7 +341,7 @@ class Engine:
             prepared.horizon,
             len(prepared.context),
             key,
-            deadline=None if timeout is None else now + timeout,
+            deadline=None if budget is None else now + budget,
             gflop=prepared.gflop,
             rows=prepared.rows,
             priority=priority,

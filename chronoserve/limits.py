@@ -51,8 +51,8 @@ MAX_QUANTILE_LEVELS = 99
 #: The most numbers one HTTP answer may carry (medians, quantiles and timestamps of every item
 #: of a batch): about 20 MB of JSON. A batch asking for more is refused before any work.
 MAX_ANSWER_VALUES = 1_000_000
-#: The longest time budget a request may give itself (``ForecastRequest.timeout``): a day.
-MAX_TIMEOUT_SECONDS = 86_400.0
+#: The longest time budget a request may give itself (``ForecastRequest.deadline``): a day.
+MAX_DEADLINE_SECONDS = 86_400.0
 #: Priority levels run 1 (highest, as in Triton) to this (lowest).
 MAX_PRIORITY = 100
 

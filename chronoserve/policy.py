@@ -41,7 +41,7 @@ class QueuedRequest:
     key: Hashable
     """Batch key: requests may share a batch only when their keys are equal."""
     deadline: float | None = None
-    """When its answer is wanted, on the engine's clock: arrival + ``ForecastRequest.timeout``."""
+    """When its answer is wanted, on the engine's clock: arrival + ``ForecastRequest.deadline`` (a budget)."""
     gflop: float = 0.0
     """Its estimated work (:func:`chronoserve.limits.estimate_gflop`): what a batch of it costs."""
     rows: int = 1

@@ -15,11 +15,11 @@ import numpy as np
 from .errors import InvalidRequest
 from .limits import (
     DEFAULT_LIMITS,
+    MAX_DEADLINE_SECONDS,
     MAX_PRIORITY,
     MAX_QUANTILE_LEVELS,
     MAX_SEED,
     MAX_SERIES_POINTS,
-    MAX_TIMEOUT_SECONDS,
     Limits,
     check_cost,
     check_int,
@@ -42,9 +42,9 @@ class ForecastRequest:
     target point, each future covariate one value per horizon step and past values too.
     ``seed`` fixes Chronos-T5's sampling (the other families are deterministic).
 
-    ``timeout`` is the time budget in seconds: the answer is wanted by ``timeout`` seconds
-    after the engine accepts the request (its deadline, which policies see as
-    ``QueuedRequest.deadline`` on the engine's clock). ``priority`` is its class, 1 the
+    ``deadline`` is the request's time budget in seconds (HTTP's ``deadline_ms``, in seconds):
+    the answer is wanted by ``deadline`` seconds after the engine accepts the request, which
+    policies see as ``QueuedRequest.deadline``, a time on the engine's clock. ``priority`` is its class, 1 the
     highest, as in Triton; None is the default class, below every numbered one. Policies
     decide what both mean; the built-in ``naive``, ``lru`` and ``batched`` ignore them.
     """
@@ -58,7 +58,7 @@ class ForecastRequest:
     past_covariates: Mapping[str, Sequence[float] | FloatArray] | None = None
     future_covariates: Mapping[str, Sequence[float] | FloatArray] | None = None
     seed: int = 0
-    timeout: float | None = None
+    deadline: float | None = None
     priority: int | None = None
 
 
@@ -177,15 +177,17 @@ def _checked_levels(levels: tuple[float, ...]) -> tuple[float, ...]:
     return out
 
 
-def check_timeout(timeout: object) -> float | None:
-    """A request's time budget in seconds: None, or a finite number in (0, MAX_TIMEOUT_SECONDS]."""
-    if timeout is None:
+def check_deadline(budget: object, field_name: str = "deadline") -> float | None:
+    """A request's time budget in seconds: None, or a finite number in (0, MAX_DEADLINE_SECONDS]."""
+    if budget is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
-        raise InvalidRequest("timeout", f"must be a number of seconds, got {type(timeout).__name__}")
-    value = float(timeout)
-    if not (math.isfinite(value) and 0.0 < value <= MAX_TIMEOUT_SECONDS):
-        raise InvalidRequest("timeout", f"must be a number of seconds in (0, {MAX_TIMEOUT_SECONDS:g}], got {timeout!r}")
+    if isinstance(budget, bool) or not isinstance(budget, numbers.Real):
+        raise InvalidRequest(field_name, f"must be a number of seconds, got {type(budget).__name__}")
+    value = float(budget)
+    if not (math.isfinite(value) and 0.0 < value <= MAX_DEADLINE_SECONDS):
+        raise InvalidRequest(
+            field_name, f"must be a number of seconds in (0, {MAX_DEADLINE_SECONDS:g}], got {budget!r}"
+        )
     return value
 
 

@@ -28,14 +28,14 @@ class Watching(BatchedPolicy):
         return super().decide(state, now)
 
 
-async def test_a_requests_timeout_becomes_its_deadline_on_the_engines_clock():
+async def test_a_requests_budget_becomes_its_deadline_on_the_engines_clock():
     clock = FakeClock(start=100.0)
     policy = Watching(max_batch=4, max_wait=0)
     async with fake_engine(policy, clock=clock) as engine:
         await engine.forecast_many(
             [
-                ForecastRequest(model="fake", target=np.ones(32), horizon=4, timeout=0.25, priority=1),
-                ForecastRequest(model="fake", target=np.ones(32), horizon=4, timeout=3),
+                ForecastRequest(model="fake", target=np.ones(32), horizon=4, deadline=0.25, priority=1),
+                ForecastRequest(model="fake", target=np.ones(32), horizon=4, deadline=3),
                 ForecastRequest(model="fake", target=np.ones(32), horizon=4),
             ]
         )
@@ -46,19 +46,19 @@ async def test_a_requests_timeout_becomes_its_deadline_on_the_engines_clock():
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("timeout", 0, "must be a number of seconds in"),
-        ("timeout", -1.0, "must be a number of seconds in"),
-        ("timeout", float("nan"), "must be a number of seconds in"),
-        ("timeout", float("inf"), "must be a number of seconds in"),
-        ("timeout", 1e9, "must be a number of seconds in"),
-        ("timeout", "1", "must be a number of seconds"),
-        ("timeout", True, "must be a number of seconds"),
+        ("deadline", 0, "must be a number of seconds in"),
+        ("deadline", -1.0, "must be a number of seconds in"),
+        ("deadline", float("nan"), "must be a number of seconds in"),
+        ("deadline", float("inf"), "must be a number of seconds in"),
+        ("deadline", 1e9, "must be a number of seconds in"),
+        ("deadline", "1", "must be a number of seconds"),
+        ("deadline", True, "must be a number of seconds"),
         ("priority", 0, "at least 1"),
         ("priority", 101, "at most 100"),
         ("priority", 1.0, "must be an integer"),
     ],
 )
-async def test_a_bad_timeout_or_priority_is_refused_naming_its_field(field, value, message):
+async def test_a_bad_deadline_or_priority_is_refused_naming_its_field(field, value, message):
     async with fake_engine() as engine:
         with pytest.raises(InvalidRequest, match=message) as caught:
             await engine.forecast(ForecastRequest(model="fake", target=np.ones(8), horizon=2, **{field: value}))
