@@ -126,6 +126,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         drain_timeout=args.drain_timeout,
         log_predictions=args.log_predictions,
+        default_deadline_ms=args.default_deadline_ms,
         header_timeout=args.header_timeout,
         body_timeout=args.body_timeout,
         keep_alive_timeout=args.keep_alive_timeout,
@@ -215,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="CSV",
         help="write one row per batch: the cost model's predicted and the actual latency",
+    )
+    serve.add_argument(
+        "--default-deadline-ms",
+        type=positive_float,
+        default=None,
+        help="deadline of requests that give none (deadline_ms or X-Deadline-Ms); default: none",
     )
     limits = serve.add_argument_group("limits per request (see docs/http.md)")
     limits.add_argument(

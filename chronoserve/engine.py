@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import heapq
 import itertools
 import logging
 import os
@@ -24,6 +25,8 @@ from .clock import Clock, MonotonicClock, TimerHandle
 from .costs import BatchCost, BatchFeatures, Colocation, CostModel, CostView, tokens
 from .errors import (
     ChronoserveError,
+    DeadlineExpired,
+    DeadlineUnmeetable,
     EngineClosed,
     InferenceError,
     ModelLoadError,
@@ -56,6 +59,7 @@ from .policy import (
     RunningBatch,
     SchedulerState,
     SchedulingPolicy,
+    Shed,
     WakeAt,
 )
 from .pool import LoadFailure, ModelPool, PoolEntry
@@ -175,6 +179,8 @@ class Engine:
         self._queues: dict[str, list[QueuedRequest]] = {}
         self._pending: dict[int, _Pending] = {}
         self._inflight: dict[int, _InFlight] = {}
+        self._deadlines: list[tuple[float, int]] = []
+        """(deadline, seq) of queued requests with a deadline: a heap, expired lazily."""
         self.costs = costs if costs is not None else CostModel()
         """The online cost model: learns from every batch and load (see :mod:`chronoserve.costs`);
         pass one seeded from a profile (:meth:`EngineSettings.cost_model`) to start from it."""
@@ -355,6 +361,8 @@ class Engine:
         cold = entry is None or entry.status != "ready"
         pending = _Pending(request, prepared, spec, queued, future, cold)
         self._pending[seq] = pending
+        if queued.deadline is not None:
+            heapq.heappush(self._deadlines, (queued.deadline, seq))
         self._queues.setdefault(spec.name, []).append(queued)
         self._queued += 1
         self.counters["submitted"] += 1
@@ -563,17 +571,44 @@ class Engine:
         loads = sorted((load for _, load in self._running_loads().values()), reverse=True)
         return sum(loads[: self.workers - 1])
 
+    def _expire(self, now: float) -> float | None:
+        """Fail every queued request whose deadline has passed (nothing runs after its deadline);
+        returns the next deadline of a request still queued."""
+        heap = self._deadlines
+        while heap:
+            deadline, seq = heap[0]
+            pending = self._pending.get(seq)
+            if pending is None or not pending.in_queue:
+                heapq.heappop(heap)  # answered, running, or gone
+                continue
+            if deadline > now:
+                return deadline
+            heapq.heappop(heap)
+            self._drop_queued(pending)
+            self._settle_error(pending, DeadlineExpired(deadline - pending.queued.arrival))
+        return None
+
     def _tick(self) -> float | None:
+        now = self._clock.now()
+        next_deadline = self._expire(now)
+        wake = self._ask_policy(now)
+        if next_deadline is None:
+            return wake
+        return next_deadline if wake is None else min(wake, next_deadline)
+
+    def _ask_policy(self, now: float) -> float | None:
         if not self._queued and not self._pool.entries:
             return None
-        now = self._clock.now()
         try:
             decisions = list(self.policy.decide(self._snapshot(), now))
             wrong = [d for d in decisions if not isinstance(d, DECISIONS)]
             if wrong:
                 raise PolicyError(
-                    f"returned {wrong[0]!r}, which is not a decision (Load, Evict, Dispatch, Fail or WakeAt)"
+                    f"returned {wrong[0]!r}, which is not a decision (Load, Evict, Dispatch, Fail, Shed or WakeAt)"
                 )
+            for decision in decisions:
+                if isinstance(decision, Shed):
+                    self._check_shed(decision)
         except Exception as exc:
             logger.exception("policy %r failed; failing the queued requests", self.policy.name)
             reason = str(exc) if isinstance(exc, PolicyError) else f"raised {exc!r}"
@@ -603,8 +638,26 @@ class Engine:
                 if pending is not None and pending.in_queue:
                     self._drop_queued(pending)
                     self._settle_error(pending, Rejected(decision.reason))
+        elif isinstance(decision, Shed):
+            for seq in decision.requests:
+                pending = self._pending.get(seq)
+                if pending is None or not pending.in_queue:
+                    continue
+                q = pending.queued
+                assert q.deadline is not None  # checked before any decision was carried out
+                predicted = None if decision.predicted is None else decision.predicted - q.arrival
+                # Worth a retry once the work predicted ahead of it has gone.
+                retry = None if decision.predicted is None else max(0.0, decision.predicted - q.deadline)
+                self._drop_queued(pending)
+                self._settle_error(pending, DeadlineUnmeetable(q.deadline - q.arrival, predicted, retry))
         else:  # unreachable: _tick checks every decision's type
             raise AssertionError(decision)
+
+    def _check_shed(self, decision: Shed) -> None:
+        for seq in decision.requests:
+            pending = self._pending.get(seq)
+            if pending is not None and pending.in_queue and pending.queued.deadline is None:
+                raise PolicyError(f"shed request {seq}, which has no deadline (Fail refuses the others)")
 
     def _drop_queued(self, pending: _Pending) -> None:
         pending.in_queue = False
@@ -620,6 +673,11 @@ class Engine:
             self.counters["failed"] += 1
             reason = error.reason if isinstance(error, ChronoserveError) else "error"
             self._notify("request_finished", pending.spec.name, reason, None)
+            if pending.queued.deadline is not None:
+                shed = isinstance(error, (DeadlineExpired, DeadlineUnmeetable))
+                self._notify(
+                    "deadline_outcome", pending.spec.name, pending.queued.priority, reason if shed else "failed"
+                )
             pending.future.set_exception(error)
 
     def _spawn(self, coro: Any) -> None:
@@ -844,4 +902,8 @@ class Engine:
                 context_used=len(pending.prepared.context),
             )
             self._notify("request_finished", spec.name, "ok", result)
+            deadline = pending.queued.deadline
+            if deadline is not None:
+                outcome = "met" if now <= deadline else "late"
+                self._notify("deadline_outcome", spec.name, pending.queued.priority, outcome)
             pending.future.set_result(result)

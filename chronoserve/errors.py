@@ -87,6 +87,34 @@ class Rejected(ChronoserveError):
     reason = "rejected"
 
 
+class DeadlineUnmeetable(ChronoserveError):
+    """Refused because its deadline cannot be met: the cost model predicts a later answer.
+
+    ``budget`` is the request's time budget and ``predicted`` the predicted time to its answer,
+    both in seconds from its arrival (``predicted`` None when unknown); ``retry_after`` when a
+    retry might fare better.
+    """
+
+    reason = "deadline_unmeetable"
+
+    def __init__(self, budget: float, predicted: float | None, retry_after: float | None = None) -> None:
+        when = "" if predicted is None else f": its answer is predicted {predicted * 1000:.0f} ms after arrival"
+        super().__init__(f"deadline of {budget * 1000:.0f} ms cannot be met{when}")
+        self.budget = budget
+        self.predicted = predicted
+        self.retry_after = retry_after
+
+
+class DeadlineExpired(ChronoserveError):
+    """Its deadline passed while it waited: it was never run (nothing runs after its deadline)."""
+
+    reason = "deadline_expired"
+
+    def __init__(self, budget: float) -> None:
+        super().__init__(f"deadline of {budget * 1000:.0f} ms passed while the request was queued; it was not run")
+        self.budget = budget
+
+
 class PolicyError(ChronoserveError):
     """A policy plugin is invalid, or returned a decision the engine cannot carry out."""
 

@@ -36,6 +36,10 @@ class EngineObserver:
         """A batch ran: what the cost model predicted when it was dispatched, what it took, and
         the features it learned from (the co-located load as it was over the batch's run)."""
 
+    def deadline_outcome(self, model: str, priority: int | None, outcome: str) -> None:
+        """A request with a deadline ended: ``met`` (answered in time), ``late`` (answered after it),
+        ``deadline_unmeetable`` (shed), ``deadline_expired`` (it passed in the queue) or ``failed``."""
+
     def model_loaded(self, model: str, seconds: float, nbytes: int) -> None:
         """A model became resident (or, for ``naive``, a private copy was loaded for one batch)."""
 

@@ -16,6 +16,9 @@ Decisions:
   (``ephemeral=True``: load a private copy for this batch and drop it after, as the
   ``naive`` policy does),
 - :class:`Fail` requests with a reason (for example a model that can never fit),
+- :class:`Shed` requests whose deadline cannot be met (they fail at once with
+  :class:`~chronoserve.errors.DeadlineUnmeetable`; the engine itself fails a queued request
+  whose deadline passed, with :class:`~chronoserve.errors.DeadlineExpired`, before asking),
 - :class:`WakeAt` a time: call ``decide`` again then, even if nothing else happens.
 """
 
@@ -170,13 +173,22 @@ class Fail:
 
 
 @dataclass(frozen=True, slots=True)
+class Shed:
+    """Refuse queued requests whose deadline cannot be met."""
+
+    requests: tuple[int, ...]
+    predicted: float | None = None
+    """When their answers were predicted to come (engine clock), if known: the client is told."""
+
+
+@dataclass(frozen=True, slots=True)
 class WakeAt:
     time: float
 
 
-Decision = Load | Evict | Dispatch | Fail | WakeAt
+Decision = Load | Evict | Dispatch | Fail | Shed | WakeAt
 #: The decision types, for ``isinstance`` checks.
-DECISIONS: tuple[type, ...] = (Load, Evict, Dispatch, Fail, WakeAt)
+DECISIONS: tuple[type, ...] = (Load, Evict, Dispatch, Fail, Shed, WakeAt)
 
 
 class CostEstimates(Protocol):

@@ -69,7 +69,7 @@ MAX_EXAMPLES = 200
 RESPONSE_LIMIT_S = 30.0
 #: Negative cases drawn by ``test_generation_reaches_class_1`` (fewer than the conformance test
 #: draws from the same strategy: 98 and 74, see ``MAX_EXAMPLES``).
-REACH_DRAWS = 60
+REACH_DRAWS = 70
 
 #: Why a schema-valid body may still be refused: the ``type`` of every ``detail`` of a 422 for a
 #: positive case (and of every refused item of a positive batch). The document cannot say which
@@ -299,7 +299,7 @@ def _numbers(case: Any) -> Iterator[tuple[str, int]]:
             yield "batch_items", len(items)
     for item in items if isinstance(items, list) else []:
         if isinstance(item, dict):
-            for field in ("horizon_hours", "context_hours", "seed"):
+            for field in ("horizon_hours", "context_hours", "seed", "priority"):
                 value = item.get(field)
                 if isinstance(value, int) and not isinstance(value, bool):
                     yield field, value

@@ -27,6 +27,7 @@ _HTTP_FIELDS = {
     "horizon": "horizon_hours",
     "context_length": "context_hours",
     "model": "model_name",
+    "deadline": "deadline_ms",
     # the series store
     "series": "city",
     "context": "context_hours",
@@ -75,6 +76,8 @@ def build_request(item: ForecastIn, store: SeriesStore, model: str) -> ItemReque
         "horizon": item.horizon_hours,
         "quantile_levels": item.quantile_levels,
         "seed": item.seed,
+        "deadline": None if item.deadline_ms is None else item.deadline_ms / 1000.0,
+        "priority": item.priority,
     }
     if item.request_id is not None:
         kwargs["request_id"] = item.request_id

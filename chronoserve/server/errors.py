@@ -15,6 +15,8 @@ from pydantic import ValidationError
 
 from chronoserve.errors import (
     ChronoserveError,
+    DeadlineExpired,
+    DeadlineUnmeetable,
     EngineClosed,
     InferenceTimeout,
     InvalidRequest,
@@ -78,6 +80,19 @@ def error_for(exc: BaseException, prefix: list[str | int], field: str | None = N
         return HTTPError(503, str(exc), {"Retry-After": retry_after(exc.retry_after)})
     if isinstance(exc, InferenceTimeout):
         return HTTPError(504, str(exc))
+    if isinstance(exc, DeadlineUnmeetable):
+        item: dict[str, Any] = {"loc": ["body", *prefix, "deadline_ms"], "msg": str(exc), "type": exc.reason}
+        item["budget_ms"] = exc.budget * 1000.0
+        item["predicted_ms"] = None if exc.predicted is None else exc.predicted * 1000.0
+        return HTTPError(503, [item], {"Retry-After": retry_after(exc.retry_after)})
+    if isinstance(exc, DeadlineExpired):
+        item = {
+            "loc": ["body", *prefix, "deadline_ms"],
+            "msg": str(exc),
+            "type": exc.reason,
+            "budget_ms": exc.budget * 1000.0,
+        }
+        return HTTPError(504, [item])
     if isinstance(exc, Rejected):
         return HTTPError(503, str(exc))
     if isinstance(exc, ChronoserveError):

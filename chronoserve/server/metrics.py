@@ -72,6 +72,14 @@ class ServerMetrics(EngineObserver):
             ["model", "status"],
             registry=r,
         )
+        self.deadlines = Counter(
+            "chronoserve_deadline_requests",
+            "Requests with a deadline, by priority class (none: the default class) and outcome: met, late "
+            "(answered after it), deadline_unmeetable (shed), deadline_expired (it passed in the queue), failed. "
+            "SLO attainment per class = met / all outcomes.",
+            ["model", "priority", "outcome"],
+            registry=r,
+        )
         self.rejected = Counter(
             "chronoserve_rejected_requests",
             "Requests refused before any work, by reason: queue_full, invalid_request, too_costly, "
@@ -160,6 +168,9 @@ class ServerMetrics(EngineObserver):
             self.queue_time.labels(model).observe(t.queue)
             if result.cold_start:
                 self.cold_starts.labels(model).inc()
+
+    def deadline_outcome(self, model: str, priority: int | None, outcome: str) -> None:
+        self.deadlines.labels(model, "none" if priority is None else str(priority), outcome).inc()
 
     def batch_finished(self, model: str, size: int, inference_seconds: float, ok: bool) -> None:
         self.batch_size.labels(model).observe(size)

@@ -24,6 +24,7 @@ from chronoserve.limits import MAX_ANSWER_VALUES, answer_values
 from chronoserve.models.catalog import CATALOG, DEFAULT_MODEL
 from chronoserve.profile import Profile
 
+from .deadlines import header_defaults, with_defaults
 from .errors import HTTPError, invalid
 from .handler import forecast_item
 from .post import ORJSONResponse, ok, post, runtime_of
@@ -43,10 +44,16 @@ async def _forecast_one(runtime: ServerRuntime, item: ForecastIn, prefix: list[s
 
 
 async def forecast(request: Request) -> Response:
-    return await post(request, "/forecast", ForecastIn, lambda runtime, item: _forecast_one(runtime, item, []))
+    async def work(runtime: ServerRuntime, item: ForecastIn) -> dict[str, Any]:
+        deadline, priority = header_defaults(request.headers, runtime.settings.default_deadline_ms)
+        return await _forecast_one(runtime, with_defaults(item, deadline, priority), [])
+
+    return await post(request, "/forecast", ForecastIn, work)
 
 
-async def _forecast_all(runtime: ServerRuntime, batch: BatchIn) -> dict[str, Any]:
+async def _forecast_all(
+    runtime: ServerRuntime, batch: BatchIn, defaults: tuple[float | None, int | None]
+) -> dict[str, Any]:
     size = sum(answer_values(item.horizon_hours, len(item.quantile_levels)) for item in batch.requests)
     if size > MAX_ANSWER_VALUES:
         raise invalid(
@@ -58,6 +65,7 @@ async def _forecast_all(runtime: ServerRuntime, batch: BatchIn) -> dict[str, Any
 
     async def one(i: int, item: ForecastIn) -> dict[str, Any]:
         try:
+            item = with_defaults(item, *defaults)
             return {"status": 200, "result": await _forecast_one(runtime, item, ["requests", i])}
         except HTTPError as error:
             return {"status": error.status, "error": error.body()}
@@ -66,7 +74,11 @@ async def _forecast_all(runtime: ServerRuntime, batch: BatchIn) -> dict[str, Any
 
 
 async def forecast_batch(request: Request) -> Response:
-    return await post(request, "/forecast/batch", BatchIn, _forecast_all)
+    async def work(runtime: ServerRuntime, batch: BatchIn) -> dict[str, Any]:
+        defaults = header_defaults(request.headers, runtime.settings.default_deadline_ms)
+        return await _forecast_all(runtime, batch, defaults)
+
+    return await post(request, "/forecast/batch", BatchIn, work)
 
 
 def _iso_wall(engine: Engine, at: float | None) -> str | None:

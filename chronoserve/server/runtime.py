@@ -45,6 +45,8 @@ class ServerSettings:
     drain_timeout: float = 30.0
     log_predictions: str | None = None
     """A CSV path: one row per batch, the cost model's predicted and the actual latency."""
+    default_deadline_ms: float | None = None
+    """The deadline of requests that give none (body or header); None: no deadline."""
     # -- connections (see chronoserve.server.protocol) ------------------------------------------
     header_timeout: float = 10.0
     """Seconds a connection has to send a request's headers, from its first byte (or from

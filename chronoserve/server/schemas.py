@@ -25,9 +25,11 @@ from pydantic_core import PydanticCustomError
 
 from chronoserve.limits import (
     MAX_COVARIATES,
+    MAX_DEADLINE_SECONDS,
     MAX_HORIZON,
     MAX_LABEL,
     MAX_MODEL_NAME,
+    MAX_PRIORITY,
     MAX_QUANTILE_LEVELS,
     MAX_SEED,
     MAX_SERIES_POINTS,
@@ -193,8 +195,25 @@ class ForecastIn(BaseModel):
     seed: int = Field(
         default=0, ge=0, le=MAX_SEED, description="Chronos-T5 sampling seed (other models are deterministic)."
     )
+    deadline_ms: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_DEADLINE_SECONDS * 1000.0,
+        allow_inf_nan=False,
+        description="The answer is wanted within this many ms of arrival (else the `X-Deadline-Ms` header, else "
+        "the server's `--default-deadline-ms`). A request not run by then gets 504 `deadline_expired` and is never "
+        "run; a policy that predicts it cannot be met refuses it at once: 503 `deadline_unmeetable`.",
+        examples=[200],
+    )
+    priority: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_PRIORITY,
+        description="Priority class, 1 the highest (as in Triton); none: the default class, below every number "
+        "(else the `X-Priority` header). Policies decide what it means; `deadline` serves higher classes first.",
+    )
 
-    @field_validator("context_hours", "horizon_hours", "seed", mode="before")
+    @field_validator("context_hours", "horizon_hours", "seed", "priority", mode="before")
     @classmethod
     def _integral(cls, value: object) -> object:
         """``24.0`` is the integer 24 in JSON (and JSON Schema); ``"24"``, ``true`` and ``24.5`` are not."""
@@ -328,6 +347,13 @@ class ErrorDetail(BaseModel):
     loc: list[str | int]
     msg: str
     type: str
+    budget_ms: float | None = Field(
+        default=None, description="`deadline_unmeetable`, `deadline_expired`: the request's deadline_ms."
+    )
+    predicted_ms: float | None = Field(
+        default=None,
+        description="`deadline_unmeetable`: when the answer was predicted, in ms after arrival (null if unknown).",
+    )
 
 
 class ErrorOut(BaseModel):
