@@ -2,7 +2,8 @@
 entry-point group, loaded exactly as a third-party policy is."""
 
 from .batched import BatchedPolicy
+from .deadline import DeadlinePolicy
 from .lru import LRUPolicy
 from .naive import NaivePolicy
 
-__all__ = ["BatchedPolicy", "LRUPolicy", "NaivePolicy"]
+__all__ = ["BatchedPolicy", "DeadlinePolicy", "LRUPolicy", "NaivePolicy"]
