@@ -411,6 +411,15 @@ def test_retries_give_up_and_raise_the_last_error():
             30.0,
         ),
         (too_busy("soon"), True, 1.0),  # unreadable: the default
+        (
+            lambda: httpx.Response(
+                503,
+                headers={"Retry-After": "2"},
+                json={"detail": [{"loc": ["body", "deadline_ms"], "msg": "late", "type": "deadline_unmeetable"}]},
+            ),
+            False,
+            None,
+        ),  # a deadline the server cannot meet: later would be later still
     ],
 )
 async def test_which_answers_are_retried(answer, retried, delay):
@@ -649,3 +658,20 @@ def test_batches_are_split_so_that_no_answer_is_over_the_servers_answer_limit():
     values = [MAX_ANSWER_VALUES // 2] * 4 + [MAX_ANSWER_VALUES * 2, 10]
     chunks = list(_chunks(range(6), encoded, values, max_items=1000, max_bytes=1 << 20))
     assert chunks == [[0, 1], [2, 3], [4], [5]]  # an item over the limit alone goes alone
+
+
+def test_the_client_sends_a_deadline_and_a_priority_and_checks_them_first():
+    from chronoserve.client.bodies import forecast_body
+
+    body = forecast_body(city="dongsi", deadline_ms=250, priority=1)
+    assert body["deadline_ms"] == 250.0 and body["priority"] == 1
+    assert "deadline_ms" not in forecast_body(city="dongsi") and "priority" not in forecast_body(city="dongsi")
+    for bad, message in [
+        ({"deadline_ms": 0}, "deadline_ms: must be in"),
+        ({"deadline_ms": float("nan")}, "deadline_ms: must be in"),
+        ({"deadline_ms": "250"}, "deadline_ms: must be a number"),
+        ({"priority": 0}, "priority: must be at least 1"),
+        ({"priority": 101}, "priority: must be at most 100"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            forecast_body(city="dongsi", **bad)

@@ -116,6 +116,8 @@ class AsyncClient:
         future_covariates: Mapping[str, ArrayLike] | None = None,
         request_id: str | None = None,
         seed: int = 0,
+        deadline_ms: float | None = None,
+        priority: int | None = None,
     ) -> Forecast:
         """See :meth:`Client.forecast`."""
         body = forecast_body(
@@ -134,6 +136,8 @@ class AsyncClient:
             future_covariates=future_covariates,
             request_id=request_id,
             seed=seed,
+            deadline_ms=deadline_ms,
+            priority=priority,
         )
         return await self._run(_forecast_flow(self._settings, body))
 

@@ -19,7 +19,9 @@ import orjson
 from ..limits import (
     MAX_ANSWER_VALUES,
     MAX_COVARIATES,
+    MAX_DEADLINE_SECONDS,
     MAX_HORIZON,
+    MAX_PRIORITY,
     MAX_QUANTILE_LEVELS,
     MAX_SERIES_POINTS,
     answer_values,
@@ -63,6 +65,15 @@ def _iso(value: datetime | str) -> str:
     return datetime.isoformat(value)
 
 
+def _deadline_ms(value: object) -> float:
+    """A deadline in ms, as every server takes it: a finite number in (0, a day]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"deadline_ms: must be a number of milliseconds, got {type(value).__name__}")
+    if not (math.isfinite(value) and 0 < value <= MAX_DEADLINE_SECONDS * 1000.0):
+        raise ValueError(f"deadline_ms: must be in (0, {MAX_DEADLINE_SECONDS * 1000.0:g}] ms, got {value!r}")
+    return float(value)
+
+
 def forecast_body(
     *,
     city: str | None = None,
@@ -80,6 +91,8 @@ def forecast_body(
     future_covariates: Mapping[str, ArrayLike] | None = None,
     request_id: str | None = None,
     seed: int = 0,
+    deadline_ms: float | None = None,
+    priority: int | None = None,
 ) -> dict[str, Any]:
     """The JSON body of ``POST /forecast`` (one item of ``/forecast/batch``).
 
@@ -104,6 +117,10 @@ def forecast_body(
         "quantile_levels": [float(q) for q in quantile_levels],
         "seed": seed,
     }
+    if deadline_ms is not None:
+        body["deadline_ms"] = _deadline_ms(deadline_ms)
+    if priority is not None:
+        body["priority"] = check_int("priority", priority, 1, MAX_PRIORITY)
     if request_id is not None:
         body["request_id"] = request_id
     if model_name is not None:

@@ -51,11 +51,22 @@ class _CallSettings:
         after = _parse_retry_after(response.headers.get("retry-after"))
         if response.status_code == 429:
             delay = _DEFAULT_RETRY_AFTER if after is None else after
-        elif response.status_code == 503 and after is not None:
+        elif response.status_code == 503 and after is not None and not _deadline_refusal(response):
             delay = after
         else:
             return None
         return min(delay, self.max_retry_after)
+
+
+def _deadline_refusal(response: httpx.Response) -> bool:
+    """A 503 for a deadline the server cannot meet: retrying later would be later than the deadline."""
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(detail, list) and any(
+        isinstance(d, dict) and d.get("type") == "deadline_unmeetable" for d in detail
+    )
 
 
 # -- flows: each method once, as a generator of calls and pauses -----------------------------------

@@ -119,11 +119,15 @@ class Client:
         future_covariates: Mapping[str, ArrayLike] | None = None,
         request_id: str | None = None,
         seed: int = 0,
+        deadline_ms: float | None = None,
+        priority: int | None = None,
     ) -> Forecast:
         """One forecast (``POST /forecast``): of a series the server knows (``city``) or of ``target``.
 
         ``target`` and the covariates are lists or numpy arrays; NaN is a gap (sent as null).
         ``start`` (and ``freq_hours``, default 1) label an inline ``target``'s forecast hours.
+        ``deadline_ms`` and ``priority`` (1 highest): the server answers 503 ``deadline_unmeetable``
+        or 504 ``deadline_expired`` when it cannot answer in time (docs/http.md).
         Raises :class:`ChronoserveHTTPError` for an error answer (422 names the field).
         """
         body = forecast_body(
@@ -142,6 +146,8 @@ class Client:
             future_covariates=future_covariates,
             request_id=request_id,
             seed=seed,
+            deadline_ms=deadline_ms,
+            priority=priority,
         )
         return self._run(_forecast_flow(self._settings, body))
 
