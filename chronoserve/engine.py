@@ -96,6 +96,12 @@ class _InFlight:
     predicted: float
 
 
+def _budget(queued: QueuedRequest) -> float:
+    """A request's time budget in seconds as given (to the microsecond, not ``deadline - arrival``'s float noise)."""
+    assert queued.deadline is not None
+    return round(queued.deadline - queued.arrival, 6)
+
+
 def default_workers() -> int:
     """Inference workers by default: 2 where there are 2 cores or more.
 
@@ -585,7 +591,7 @@ class Engine:
                 return deadline
             heapq.heappop(heap)
             self._drop_queued(pending)
-            self._settle_error(pending, DeadlineExpired(deadline - pending.queued.arrival))
+            self._settle_error(pending, DeadlineExpired(_budget(pending.queued)))
         return None
 
     def _tick(self) -> float | None:
@@ -649,7 +655,7 @@ class Engine:
                 # Worth a retry once the work predicted ahead of it has gone.
                 retry = None if decision.predicted is None else max(0.0, decision.predicted - q.deadline)
                 self._drop_queued(pending)
-                self._settle_error(pending, DeadlineUnmeetable(q.deadline - q.arrival, predicted, retry))
+                self._settle_error(pending, DeadlineUnmeetable(_budget(q), predicted, retry))
         else:  # unreachable: _tick checks every decision's type
             raise AssertionError(decision)
 
