@@ -28,16 +28,7 @@ import math
 from collections.abc import Hashable, Sequence
 
 from chronoserve._units import parse_seconds
-from chronoserve.policy import (
-    CostEstimates,
-    Decision,
-    Dispatch,
-    ModelState,
-    QueuedRequest,
-    SchedulerState,
-    Shed,
-    WakeAt,
-)
+from chronoserve.policy import CostEstimates, Decision, QueuedRequest, SchedulerState, Shed
 
 from .batched import BatchedPolicy
 
@@ -66,32 +57,17 @@ class DeadlinePolicy(BatchedPolicy):
     def describe(self) -> dict[str, object]:
         return {**super().describe(), "margin": self.margin}
 
-    def decide(self, state: SchedulerState, now: float) -> Sequence[Decision]:
-        decisions: list[Decision] = []
+    def serve_order(
+        self, state: SchedulerState, now: float, decisions: list[Decision]
+    ) -> dict[str, Sequence[QueuedRequest]]:
+        """Shed what cannot make its deadline; the rest by urgency, the most urgent model first."""
         live = self._shed(state, now, decisions)
-        models: dict[str, ModelState] = dict(state.models)
-        in_use: set[str] = set()
-        free = state.free_slots
-        wake: float | None = None
-        for model in sorted(live, key=lambda m: urgency(live[m][0])):
-            queue = live[model]
-            resident = models.get(model)
-            if resident is None:
-                oldest = min(r.arrival for r in queue)
-                decisions.extend(self._make_room_and_load(model, state, models, in_use, oldest))
-                continue
-            if resident.status != "ready" or free <= 0:
-                continue
-            batches, when = self._batches(model, queue, now, free, state.draining, state.costs)
-            decisions.extend(Dispatch(model, seqs) for seqs in batches)
-            free -= len(batches)
-            if batches:
-                in_use.add(model)
-            if when is not None:
-                wake = when if wake is None else min(wake, when)
-        if wake is not None:
-            decisions.append(WakeAt(wake))
-        return decisions
+        return {model: live[model] for model in sorted(live, key=lambda m: urgency(live[m][0]))}
+
+    def model_batches(
+        self, model: str, queue: Sequence[QueuedRequest], now: float, slots: int, state: SchedulerState
+    ) -> tuple[list[tuple[int, ...]], float | None]:
+        return self._batches(model, queue, now, slots, state.draining, state.costs)
 
     def _shed(self, state: SchedulerState, now: float, decisions: list[Decision]) -> dict[str, list[QueuedRequest]]:
         """Shed the requests that cannot make their deadline; the others per model, most urgent first."""

@@ -50,6 +50,22 @@ class LRUPolicy(Policy):
         """Pick at most ``slots`` batches from one model's queue; return them and when to look again."""
         return [(r.seq,) for r in queue[:slots]], None
 
+    def serve_order(
+        self, state: SchedulerState, now: float, decisions: list[Decision]
+    ) -> dict[str, Sequence[QueuedRequest]]:
+        """The queues to serve, in the order to serve them (``decisions`` may gain refusals first).
+
+        Here: every queue, the model whose oldest request has waited longest first.
+        """
+        order = sorted(state.queues, key=lambda m: state.queues[m][0].arrival)
+        return {model: state.queues[model] for model in order}
+
+    def model_batches(
+        self, model: str, queue: Sequence[QueuedRequest], now: float, slots: int, state: SchedulerState
+    ) -> tuple[list[tuple[int, ...]], float | None]:
+        """The batches to dispatch from a ready model's queue (:meth:`select_batches` by default)."""
+        return self.select_batches(queue, now, slots, state.draining)
+
     # -- the decision ------------------------------------------------------------------------
 
     def decide(self, state: SchedulerState, now: float) -> Sequence[Decision]:
@@ -58,17 +74,14 @@ class LRUPolicy(Policy):
         in_use: set[str] = set()  # dispatched to in this round: not evictable
         free = state.free_slots
         wake: float | None = None
-        # Oldest waiting request first, across models.
-        order = sorted(state.queues, key=lambda m: state.queues[m][0].arrival)
-        for model in order:
-            queue = state.queues[model]
+        for model, queue in self.serve_order(state, now, decisions).items():
             resident = models.get(model)
-            if resident is None:
+            if resident is None:  # (the first request in serve order stands for the queue)
                 decisions.extend(self._make_room_and_load(model, state, models, in_use, queue[0].arrival))
                 continue
             if resident.status != "ready" or free <= 0:
                 continue
-            batches, when = self.select_batches(queue, now, free, state.draining)
+            batches, when = self.model_batches(model, queue, now, free, state)
             for seqs in batches:
                 decisions.append(Dispatch(model, seqs))
             free -= len(batches)
