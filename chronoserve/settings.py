@@ -82,4 +82,4 @@ class EngineSettings:
         """An engine with these settings; ``parts`` are the rest of its arguments (observers, clock, ...)."""
         from .engine import Engine
 
-        return Engine(**self.engine_kwargs(loader), **parts)
+        return Engine(**{**self.engine_kwargs(loader), **parts})  # parts win (a cost model of your own)

@@ -213,3 +213,25 @@ async def test_http_statuses_for_a_shed_and_an_expired_request():
         'chronoserve_deadline_requests_total{model="fake",outcome="deadline_unmeetable",priority="none"} 1.0' in metrics
     )
     assert 'chronoserve_deadline_requests_total{model="fake",outcome="deadline_expired",priority="none"} 1.0' in metrics
+
+
+async def test_each_item_of_a_batch_gets_its_own_deadline_answer():
+    """Under the deadline policy, with a cost model that predicts 50 ms a batch (and has seen no load:
+    it predicts none): the 40 ms item is refused at once, the one without a deadline is served."""
+    from chronoserve.costs import BatchFeatures, CostModel
+
+    costs = CostModel()
+    for gflop in np.linspace(0.0, 1.0, 50):
+        costs.observe_batch(BatchFeatures("fake", float(gflop), 1), 0.05)
+    settings = server_settings(default_model="fake", policy="deadline", warmup=False)
+    app = create_app(settings, loader=FakeLoader(specs={"fake": fake_spec("fake")}), engine_options={"costs": costs})
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            body = {"target": [1.0, 2.0, 3.0]}
+            r = await client.post("/forecast/batch", json={"requests": [{**body, "deadline_ms": 40}, body]})
+    first, second = r.json()["results"]
+    assert r.status_code == 200 and first["status"] == 503 and second["status"] == 200
+    (detail,) = first["error"]["detail"]
+    assert detail["loc"] == ["body", "requests", 0, "deadline_ms"] and detail["type"] == "deadline_unmeetable"
+    assert detail["budget_ms"] == pytest.approx(40.0) and detail["predicted_ms"] > 40.0
