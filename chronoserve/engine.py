@@ -644,6 +644,7 @@ class Engine:
                 if pending is not None and pending.in_queue:
                     self._drop_queued(pending)
                     self._settle_error(pending, Rejected(decision.reason))
+            self._poke()  # the queues changed: the policy may see requests it did not read this time
         elif isinstance(decision, Shed):
             for seq in decision.requests:
                 pending = self._pending.get(seq)
@@ -656,6 +657,7 @@ class Engine:
                 retry = None if decision.predicted is None else max(0.0, decision.predicted - q.deadline)
                 self._drop_queued(pending)
                 self._settle_error(pending, DeadlineUnmeetable(_budget(q), predicted, retry))
+            self._poke()
         else:  # unreachable: _tick checks every decision's type
             raise AssertionError(decision)
 

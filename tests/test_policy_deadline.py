@@ -108,3 +108,25 @@ async def test_in_the_engine_a_hopeless_request_is_refused_at_admission_and_a_fe
     assert 0.02 < caught.value.predicted <= 0.05 and caught.value.budget == pytest.approx(0.02)
     assert result.batch_size == 1 and outcomes == ["deadline_unmeetable", "met"]
     assert loader.batch_sizes() == [1, 1]  # the refused one never ran
+
+
+async def test_requests_behind_shed_ones_are_still_served():
+    """Four hopeless requests ahead of one without a deadline, in the same queue, on a model not
+    loaded yet: the four are refused, the fifth is loaded for and served (no new arrival needed)."""
+    import asyncio
+
+    from chronoserve.costs import BatchFeatures, CostModel
+
+    costs = CostModel()
+    for gflop in np.linspace(0.0, 1.0, 50):
+        costs.observe_batch(BatchFeatures("fake", float(gflop), 1), 0.05)
+    options = {"max_batch": 1, "max_wait": 0.0}
+    async with fake_engine("deadline", costs=costs, policy_options=options) as engine:
+        doomed = [ForecastRequest(model="fake", target=np.ones(8), horizon=2, deadline=0.001) for _ in range(4)]
+        answers = await asyncio.wait_for(
+            engine.forecast_many(
+                [*doomed, ForecastRequest(model="fake", target=np.ones(8), horizon=2)], return_exceptions=True
+            ),
+            timeout=10,
+        )
+    assert [type(a).__name__ for a in answers] == ["DeadlineUnmeetable"] * 4 + ["ForecastResult"]
