@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import heapq
 import itertools
 import logging
 import os
@@ -23,6 +22,7 @@ from typing import Any
 
 from .clock import Clock, MonotonicClock, TimerHandle
 from .costs import BatchCost, BatchFeatures, Colocation, CostModel, CostView, tokens
+from .deadlines import Deadlines
 from .errors import (
     ChronoserveError,
     DeadlineExpired,
@@ -185,8 +185,7 @@ class Engine:
         self._queues: dict[str, list[QueuedRequest]] = {}
         self._pending: dict[int, _Pending] = {}
         self._inflight: dict[int, _InFlight] = {}
-        self._deadlines: list[tuple[float, int]] = []
-        """(deadline, seq) of queued requests with a deadline: a heap, expired lazily."""
+        self._deadlines = Deadlines()
         self.costs = costs if costs is not None else CostModel()
         """The online cost model: learns from every batch and load (see :mod:`chronoserve.costs`);
         pass one seeded from a profile (:meth:`EngineSettings.cost_model`) to start from it."""
@@ -368,7 +367,7 @@ class Engine:
         pending = _Pending(request, prepared, spec, queued, future, cold)
         self._pending[seq] = pending
         if queued.deadline is not None:
-            heapq.heappush(self._deadlines, (queued.deadline, seq))
+            self._deadlines.add(queued.deadline, seq)
         self._queues.setdefault(spec.name, []).append(queued)
         self._queued += 1
         self.counters["submitted"] += 1
@@ -580,19 +579,17 @@ class Engine:
     def _expire(self, now: float) -> float | None:
         """Fail every queued request whose deadline has passed (nothing runs after its deadline);
         returns the next deadline of a request still queued."""
-        heap = self._deadlines
-        while heap:
-            deadline, seq = heap[0]
+
+        def queued(seq: int) -> bool:
             pending = self._pending.get(seq)
-            if pending is None or not pending.in_queue:
-                heapq.heappop(heap)  # answered, running, or gone
-                continue
-            if deadline > now:
-                return deadline
-            heapq.heappop(heap)
+            return pending is not None and pending.in_queue
+
+        expired, following = self._deadlines.due(now, queued)
+        for seq in expired:
+            pending = self._pending[seq]
             self._drop_queued(pending)
             self._settle_error(pending, DeadlineExpired(_budget(pending.queued)))
-        return None
+        return following
 
     def _tick(self) -> float | None:
         now = self._clock.now()

@@ -235,3 +235,16 @@ async def test_each_item_of_a_batch_gets_its_own_deadline_answer():
     (detail,) = first["error"]["detail"]
     assert detail["loc"] == ["body", "requests", 0, "deadline_ms"] and detail["type"] == "deadline_unmeetable"
     assert detail["budget_ms"] == pytest.approx(40.0) and detail["predicted_ms"] > 40.0
+
+
+def test_the_deadline_book_pops_what_fell_due_and_forgets_what_left_the_queue():
+    from chronoserve.deadlines import Deadlines
+
+    book = Deadlines()
+    for deadline, seq in [(3.0, 3), (1.0, 1), (2.0, 2), (5.0, 5)]:
+        book.add(deadline, seq)
+    gone = {1}  # answered before its deadline
+    assert book.due(2.5, lambda seq: seq not in gone) == ([2], 3.0)
+    assert book.due(2.5, lambda seq: True) == ([], 3.0)
+    assert book.due(10.0, lambda seq: seq != 3) == ([5], None)
+    assert len(book) == 0
