@@ -115,10 +115,6 @@ class Recorder(EngineObserver):
         self.hog = False
         self.clock = clock
         self.t0 = clock()
-        self._size = 0
-
-    def batch_finished(self, model: str, size: int, inference_seconds: float, ok: bool) -> None:
-        self._size = size
 
     def batch_cost(self, cost: BatchCost) -> None:
         f = cost.features
@@ -128,7 +124,7 @@ class Recorder(EngineObserver):
                 "seq": len(self.rows),
                 "time_s": round(self.clock() - self.t0, 4),
                 "model": f.model,
-                "batch": self._size,
+                "batch": cost.size,
                 "gflop": f.gflop,
                 "rows": f.rows,
                 "steps": f.steps,

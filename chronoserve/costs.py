@@ -109,6 +109,8 @@ class BatchCost:
 
     features: BatchFeatures
     """What the model learned from: the co-located load is the one the batch really met."""
+    size: int
+    """Its requests."""
     expected_colocated: float
     """The co-located load predicted at dispatch (what the prediction used)."""
     predicted_seconds: float

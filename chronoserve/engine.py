@@ -96,10 +96,10 @@ class _InFlight:
     predicted: float
 
 
-def _budget(queued: QueuedRequest) -> float:
-    """A request's time budget in seconds as given (to the microsecond, not ``deadline - arrival``'s float noise)."""
-    assert queued.deadline is not None
-    return round(queued.deadline - queued.arrival, 6)
+def _budget(pending: _Pending) -> float:
+    """A request's time budget in seconds, as it gave it (validated at submission)."""
+    assert pending.request.deadline is not None
+    return float(pending.request.deadline)
 
 
 def default_workers() -> int:
@@ -588,7 +588,7 @@ class Engine:
         for seq in expired:
             pending = self._pending[seq]
             self._drop_queued(pending)
-            self._settle_error(pending, DeadlineExpired(_budget(pending.queued)))
+            self._settle_error(pending, DeadlineExpired(_budget(pending)))
         return following
 
     def _tick(self) -> float | None:
@@ -653,7 +653,7 @@ class Engine:
                 # Worth a retry once the work predicted ahead of it has gone.
                 retry = None if decision.predicted is None else max(0.0, decision.predicted - q.deadline)
                 self._drop_queued(pending)
-                self._settle_error(pending, DeadlineUnmeetable(_budget(q), predicted, retry))
+                self._settle_error(pending, DeadlineUnmeetable(_budget(pending), predicted, retry))
             self._poke()
         else:  # unreachable: _tick checks every decision's type
             raise AssertionError(decision)
@@ -857,7 +857,7 @@ class Engine:
                 )
                 actual = dataclasses.replace(f, colocated=met)
                 self.costs.observe_batch(actual, seconds)
-                self._notify("batch_cost", BatchCost(actual, f.colocated, batch.predicted, seconds))
+                self._notify("batch_cost", BatchCost(actual, len(members), f.colocated, batch.predicted, seconds))
             if entry is not None:
                 entry.running -= 1
                 entry.last_used = self._clock.now()

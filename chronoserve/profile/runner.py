@@ -160,14 +160,10 @@ class _Batches(EngineObserver):
     def __init__(self) -> None:
         self.runs: list[tuple[int, float, float, int, int]] = []
         """(size, seconds, GFLOP, rows, steps) per batch, in the order they finished."""
-        self._size = 0
-
-    def batch_finished(self, model: str, size: int, inference_seconds: float, ok: bool) -> None:
-        self._size = size  # its batch_cost event follows at once (a batch that failed has none)
 
     def batch_cost(self, cost: BatchCost) -> None:
         f = cost.features
-        self.runs.append((self._size, cost.seconds, f.gflop, f.rows, f.steps))
+        self.runs.append((cost.size, cost.seconds, f.gflop, f.rows, f.steps))
 
 
 def _percentile_ms(values: Sequence[float], q: float) -> float | None:
