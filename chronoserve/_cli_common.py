@@ -59,12 +59,43 @@ def quantiles(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def batch_or_auto(text: str) -> int | str:
+    """``--max-batch``: a whole number >= 1, or ``auto``."""
+    return "auto" if text.strip().lower() == "auto" else positive_int(text)
+
+
+def wait_ms_or_auto(text: str) -> float | str:
+    """``--max-wait-ms``: milliseconds >= 0, or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected milliseconds or 'auto', got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by every command that runs the engine."""
     group = parser.add_argument_group("engine")
     group.add_argument("--policy", default="batched", help="naive, lru, batched, a plugin name or module:Class")
-    group.add_argument("--max-batch", type=positive_int, default=None, help="batched: B, requests per batch")
-    group.add_argument("--max-wait-ms", type=float, default=None, help="batched: Δt after the oldest request")
+    group.add_argument(
+        "--max-batch", type=batch_or_auto, default=None, help="batched: B, requests per batch, or auto (--slo-p95-ms)"
+    )
+    group.add_argument(
+        "--max-wait-ms",
+        type=wait_ms_or_auto,
+        default=None,
+        help="batched: Δt after the oldest request, or auto (--slo-p95-ms)",
+    )
+    group.add_argument(
+        "--slo-p95-ms",
+        type=positive_float,
+        default=None,
+        help="batched with auto B or Δt: the p95 latency to keep; B, Δt and workers follow the load",
+    )
     group.add_argument("--max-resident", type=positive_int, default=None, help="lru/batched: K resident models")
     group.add_argument("--memory-budget", default=None, help="lru/batched: bytes of resident models, e.g. 2GB")
     group.add_argument("--workers", type=positive_int, default=None, help="inference threads (default: 2)")
@@ -83,7 +114,9 @@ def engine_settings(args: argparse.Namespace, **more: Any) -> EngineSettings:
     if args.max_batch is not None:
         options["max_batch"] = args.max_batch
     if args.max_wait_ms is not None:
-        options["max_wait"] = args.max_wait_ms / 1000.0
+        options["max_wait"] = args.max_wait_ms if args.max_wait_ms == "auto" else args.max_wait_ms / 1000.0
+    if getattr(args, "slo_p95_ms", None) is not None:
+        options["slo_p95"] = args.slo_p95_ms / 1000.0
     if args.max_resident is not None:
         options["max_resident"] = args.max_resident
     if args.memory_budget is not None:

@@ -51,6 +51,10 @@ class DeadlinePolicy(BatchedPolicy):
         memory_budget: int | str | None = None,
         margin: float | str = 0.002,
     ) -> None:
+        if "auto" in (max_batch, max_wait):
+            raise ValueError(
+                "deadline sizes each batch to its deadlines: max_batch and max_wait take numbers, not 'auto'"
+            )
         super().__init__(max_batch=max_batch, max_wait=max_wait, max_resident=max_resident, memory_budget=memory_budget)
         self.margin = parse_seconds(margin)
 
