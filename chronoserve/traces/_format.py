@@ -1,7 +1,8 @@
 """The trace file format: JSONL, one request a line, an optional ``{"meta": {...}}`` first line.
 
-See docs/traces.md for the format. Only the standard library and numpy: ``chronoserve replay``
-reads a trace before it imports any model code.
+See docs/traces.md for the format. Only the standard library, numpy and
+:mod:`chronoserve.limits` (the HTTP API's bounds on ``deadline_ms`` and ``priority``):
+``chronoserve replay`` reads a trace before it imports any model code.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from chronoserve.limits import MAX_DEADLINE_SECONDS, MAX_PRIORITY
+
 #: The keys a request line may have; the first seven are required.
 REQUIRED_KEYS: tuple[str, ...] = (
     "t",
@@ -27,11 +30,23 @@ REQUIRED_KEYS: tuple[str, ...] = (
     "horizon_hours",
     "use_covariates",
 )
-OPTIONAL_KEYS: tuple[str, ...] = ("end", "known_future_covariates", "quantile_levels", "seed", "deadline_ms")
+OPTIONAL_KEYS: tuple[str, ...] = (
+    "end",
+    "known_future_covariates",
+    "quantile_levels",
+    "seed",
+    "deadline_ms",
+    "priority",
+    "deadline_class",
+)
 KNOWN_KEYS: frozenset[str] = frozenset(REQUIRED_KEYS + OPTIONAL_KEYS)
 #: ``t`` is written rounded to this many decimals (microseconds).
 T_DECIMALS = 6
 MAX_REQUEST_ID = 200  # as the HTTP API's ``request_id``
+#: The largest ``deadline_ms``: the HTTP API's bound (``MAX_DEADLINE_SECONDS``, a day).
+MAX_DEADLINE_MS = MAX_DEADLINE_SECONDS * 1000.0
+#: The longest ``deadline_class`` name.
+MAX_CLASS_NAME = 64
 
 
 class TraceError(ValueError):
@@ -63,10 +78,18 @@ class TraceRequest:
     quantile_levels: tuple[float, ...] | None = None
     seed: int | None = None
     deadline_ms: float | None = None
-    """A latency target for this request, in milliseconds after ``t``; not sent to the server."""
+    """The request's latency budget in milliseconds (sent: the server's ``deadline_ms``)."""
+    priority: int | None = None
+    """Priority class, 1 (highest) to ``MAX_PRIORITY`` (sent: the server's ``priority``)."""
+    deadline_class: str | None = None
+    """The name of the generator's deadline class the request was drawn from; not sent."""
 
     def to_http_body(self) -> dict[str, Any]:
-        """The JSON body of ``POST /forecast`` (``ForecastIn``): every field but ``t`` and ``deadline_ms``."""
+        """The JSON body of ``POST /forecast`` (``ForecastIn``): every field but ``t`` and ``deadline_class``.
+
+        ``deadline_ms`` and ``priority`` are sent when set, so the server (or the in-process
+        engine) enforces the deadline and orders by priority as it would for a real client.
+        """
         body: dict[str, Any] = {
             "request_id": self.request_id,
             "model_name": self.model_name,
@@ -83,6 +106,10 @@ class TraceRequest:
             body["quantile_levels"] = list(self.quantile_levels)
         if self.seed is not None:
             body["seed"] = self.seed
+        if self.deadline_ms is not None:
+            body["deadline_ms"] = float(self.deadline_ms)
+        if self.priority is not None:
+            body["priority"] = self.priority
         return body
 
     def to_json(self) -> dict[str, Any]:
@@ -106,6 +133,10 @@ class TraceRequest:
             line["seed"] = self.seed
         if self.deadline_ms is not None:
             line["deadline_ms"] = float(self.deadline_ms)
+        if self.priority is not None:
+            line["priority"] = self.priority
+        if self.deadline_class is not None:
+            line["deadline_class"] = self.deadline_class
         return line
 
 
@@ -185,24 +216,30 @@ class Trace:
         """Series id -> number of requests, in order of first appearance."""
         return _counts(r.city for r in self.requests)
 
+    def classes(self) -> dict[str, int]:
+        """Deadline class -> number of requests, in order of first appearance (requests without one left out)."""
+        return _counts(r.deadline_class for r in self.requests if r.deadline_class is not None)
+
     def head(self, n: int) -> Trace:
         """The first ``n`` requests (same meta)."""
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         return Trace(self.requests[:n], dict(self.meta))
 
-    def summary(self) -> str:
-        """One line: requests, duration, mean rate, CV of the gaps, covariate share, models."""
-        n = len(self.requests)
+    def timing(self) -> str:
+        """One line: requests, duration, mean rate, CV of the gaps."""
         rate, cv = self.rate, self.gap_cv
         rate_s = "n/a" if math.isnan(rate) else ("inf (burst)" if math.isinf(rate) else f"{rate:.2f}/s")
         cv_s = "n/a" if math.isnan(cv) else f"{cv:.3f}"
+        return f"{len(self.requests)} requests, duration {self.duration:.3f} s, mean rate {rate_s}, gap CV {cv_s}"
+
+    def summary(self) -> str:
+        """One line: :meth:`timing`, covariate share, models, and the deadline classes if any."""
         cov = sum(r.use_covariates for r in self.requests)
         models = ", ".join(f"{m} {c}" for m, c in self.models().items())
-        return (
-            f"{n} requests, duration {self.duration:.3f} s, mean rate {rate_s}, gap CV {cv_s}, "
-            f"{cov} with covariates; models: {models}"
-        )
+        classes = self.classes()
+        tail = "; classes: " + ", ".join(f"{k} {c}" for k, c in classes.items()) if classes else ""
+        return f"{self.timing()}, {cov} with covariates; models: {models}{tail}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,8 +371,18 @@ def _request(obj: dict[str, Any]) -> TraceRequest:
     seed = obj.get("seed")
     deadline = obj.get("deadline_ms")
     deadline_ms = None if deadline is None else _number("deadline_ms", deadline)
-    if deadline_ms is not None and deadline_ms <= 0:
-        raise _LineError(f"'deadline_ms' must be > 0, got {deadline_ms}")
+    if deadline_ms is not None and not 0 < deadline_ms <= MAX_DEADLINE_MS:
+        raise _LineError(f"'deadline_ms' must be > 0 and at most {MAX_DEADLINE_MS:.0f} (a day), got {deadline}")
+    priority = obj.get("priority")
+    if priority is not None:
+        priority = _int("priority", priority, 1)
+        if priority > MAX_PRIORITY:
+            raise _LineError(f"'priority' must be <= {MAX_PRIORITY} (1 is the highest), got {priority}")
+    deadline_class = obj.get("deadline_class")
+    if deadline_class is not None:
+        deadline_class = _str("deadline_class", deadline_class)
+        if len(deadline_class) > MAX_CLASS_NAME:
+            raise _LineError(f"'deadline_class' is longer than {MAX_CLASS_NAME} characters")
     return TraceRequest(
         t=t,
         request_id=request_id,
@@ -349,6 +396,8 @@ def _request(obj: dict[str, Any]) -> TraceRequest:
         quantile_levels=None if levels is None else _levels(levels),
         seed=None if seed is None else _int("seed", seed, 0),
         deadline_ms=deadline_ms,
+        priority=priority,
+        deadline_class=deadline_class,
     )
 
 
