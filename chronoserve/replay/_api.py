@@ -78,14 +78,19 @@ async def replay(
     perf = _start_perf(out, target, lead) if system_stats and out is not None else None
     if log_predictions and out is not None:
         perf = (perf or []) + _start_predictions(out, target, lead)
+    cpu: float | None = None
     try:
+        cpu_start = await target.cpu_seconds()
         records = await run_trace(list(requests), target, lead=lead, progress=_Progress(len(requests), label, progress))
+        cpu_end = await target.cpu_seconds()
+        if cpu_start is not None and cpu_end is not None:
+            cpu = cpu_end - cpu_start
     finally:
         await target.close()
         if perf is not None:
             for part in perf:
                 part.close()
-    summary = summarize(records, label, {**(meta or {}), "target": target.describe()})
+    summary = summarize(records, label, {**(meta or {}), "target": target.describe()}, cpu_seconds=cpu)
     files: list[Path] = []
     if perf is not None:
         files += [p.path for p in perf if p.path is not None]

@@ -34,6 +34,13 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         help="comma-separated policies to run in turn on the same trace, e.g. naive,lru,batched",
     )
+    p.add_argument(
+        "--load-sweep",
+        default=None,
+        metavar="FACTORS",
+        help="replay the trace at each rate factor in turn, e.g. 0.5,1,1.5,2 (2: twice as fast), per policy; "
+        "writes sweep.csv/json and sweep.png (goodput and deadline attainment against offered load)",
+    )
     p.add_argument("--warm", action="store_true", help="in-process: load the trace's models before the clock starts")
     p.add_argument(
         "--system-stats",
@@ -75,6 +82,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.compare and args.url:
         raise UsageError("--compare runs policies in-process; it cannot be combined with --url")
     policies = [p.strip() for p in args.compare.split(",") if p.strip()] if args.compare else [args.policy]
+    factors: tuple[float, ...] | None = None
+    if args.load_sweep is not None:
+        from chronoserve.replay.sweep import parse_factors
+
+        try:
+            factors = parse_factors(args.load_sweep)
+        except ValueError as exc:
+            raise UsageError(f"--load-sweep: {exc}") from None
+        if len(requests) < 2 or requests[-1].t == requests[0].t:
+            raise UsageError("--load-sweep: the trace must spread its requests in time (a burst has no rate to scale)")
     stem = Path(args.trace).stem
     base = Path(args.out) if args.out else Path("results") / f"replay-{stem}"
     models = sorted({r.model_name for r in requests})
@@ -87,7 +104,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         "random_weights": any(m.startswith("random/") for m in models),
         "trace_meta": dict(trace.meta),
     }
-    return asyncio.run(_run(args, requests, policies, base, meta))
+    return asyncio.run(_run(args, requests, policies, base, meta, factors))
 
 
 async def _run(
@@ -96,10 +113,10 @@ async def _run(
     policies: list[str],
     base: Path,
     meta: dict[str, Any],
+    factors: tuple[float, ...] | None = None,
 ) -> int:
-    from chronoserve.replay import HTTPTarget, InProcessTarget, format_table, preload_torch, replay
+    from chronoserve.replay import format_table, preload_torch
 
-    runs = []
     if args.url is None:
         # Imports and writing random checkpoints are set-up, not serving: done before the clock.
         print("preparing: importing torch, materialising the trace's random models ...", file=sys.stderr)
@@ -111,29 +128,12 @@ async def _run(
                 from chronoserve.models.materialize import materialize
 
                 await asyncio.to_thread(materialize, str(spec.extra.get("catalog_name", name)), spec.source)
-    for policy in policies:
-        out = base / policy if len(policies) > 1 or args.out is None else base
-        if args.url is not None:
-            target: Any = HTTPTarget(args.url)
-            label = "server"
-        else:
-            kwargs = engine_kwargs(args)
-            kwargs["policy"] = policy
-            target = InProcessTarget(kwargs.pop("policy"), warm_models=meta["models"] if args.warm else (), **kwargs)
-            label = policy
-        print(f"replaying {meta['requests']} requests ({meta['trace']}) on {label} ...", file=sys.stderr)
-        result = await replay(
-            requests,
-            target,
-            out=out,
-            label=label,
-            meta=meta,
-            progress=not args.quiet,
-            plots=not args.no_plots,
-            system_stats=args.system_stats,
-            log_predictions=args.log_predictions,
-        )
-        runs.append(result)
+    if factors is not None:
+        return await _sweep(args, requests, policies, base, meta, factors)
+    runs = [
+        await _replay_one(args, requests, policy, _run_dir(base, policy, policies, args.out), meta)
+        for policy in policies
+    ]
     summaries = [r.summary for r in runs]
     if meta["random_weights"]:
         print("(models with random weights: the timings are real, the forecasts are not)")
@@ -143,6 +143,70 @@ async def _run(
     if len(runs) > 1:
         figure = _write_comparison(base, runs, summaries)
         print(f"comparison: {figure}")
+    return 0
+
+
+def _run_dir(base: Path, policy: str, policies: list[str], out: str | None) -> Path:
+    return base / policy if len(policies) > 1 or out is None else base
+
+
+async def _replay_one(
+    args: argparse.Namespace, requests: list[Any], policy: str, out: Path, meta: dict[str, Any]
+) -> Any:
+    """One replay of ``requests`` on ``policy`` in-process (or on the server at ``--url``)."""
+    from chronoserve.replay import HTTPTarget, InProcessTarget, replay
+
+    if args.url is not None:
+        target: Any = HTTPTarget(args.url)
+        label = "server"
+    else:
+        kwargs = engine_kwargs(args)
+        kwargs.pop("policy")
+        target = InProcessTarget(policy, warm_models=meta["models"] if args.warm else (), **kwargs)
+        label = policy
+    print(f"replaying {len(requests)} requests ({meta['trace']}) on {label} ...", file=sys.stderr)
+    return await replay(
+        requests,
+        target,
+        out=out,
+        label=label,
+        meta=meta,
+        progress=not args.quiet,
+        plots=not args.no_plots,
+        system_stats=args.system_stats,
+        log_predictions=args.log_predictions,
+    )
+
+
+async def _sweep(
+    args: argparse.Namespace,
+    requests: list[Any],
+    policies: list[str],
+    base: Path,
+    meta: dict[str, Any],
+    factors: tuple[float, ...],
+) -> int:
+    """Every policy at every rate factor: ``base/x{factor}/{policy}``, then the sweep's table and files."""
+    from chronoserve.replay.sweep import SweepPoint, factor_label, format_sweep, write_sweep
+    from chronoserve.traces import Trace, scale_time
+
+    points = []
+    for factor in factors:
+        scaled = scale_time(Trace(tuple(requests)), factor)
+        offered = scaled.rate
+        for policy in policies:
+            label = policy if args.url is None else "server"
+            print(f"load x{factor:g} ({offered:.1f} requests/s): ", end="", file=sys.stderr, flush=True)
+            run_meta = {**meta, "speed": meta["speed"] * factor, "load_factor": factor}
+            result = await _replay_one(
+                args, list(scaled.requests), policy, base / factor_label(factor) / label, run_meta
+            )
+            points.append(SweepPoint(label, factor, offered, result.summary))
+    if meta["random_weights"]:
+        print("(models with random weights: the timings are real, the forecasts are not)")
+    print(format_sweep(points))
+    files = write_sweep(base, points)
+    print(f"sweep: {', '.join(str(f) for f in files)}")
     return 0
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 
 from .runner import Record
+from .slo import SloSummary, format_slo, summarize_slo
 
 PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9, 100.0)
 METRICS = ("end_to_end", "queue", "load", "inference")
@@ -44,6 +45,15 @@ class Summary:
     means: dict[str, float]
     histograms: dict[str, HdrHistogram] = field(repr=False)
     meta: dict[str, Any] = field(default_factory=dict)
+    slo: SloSummary | None = None
+    """Goodput and attainment, when requests had deadlines."""
+    cpu_seconds: float | None = None
+    """CPU time the serving side used during the replay (see :meth:`Target.cpu_seconds`), if known."""
+
+    @property
+    def cpu_per_forecast(self) -> float | None:
+        """CPU-seconds per answered forecast: the energy stand-in where no counter is readable."""
+        return self.cpu_seconds / self.ok if self.cpu_seconds is not None and self.ok else None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -57,11 +67,16 @@ class Summary:
             "mean_batch": self.mean_batch,
             "percentiles_s": {m: {f"p{p:g}": v for p, v in ps.items()} for m, ps in self.percentiles.items()},
             "means_s": self.means,
+            "cpu_seconds": self.cpu_seconds,
+            "cpu_s_per_forecast": self.cpu_per_forecast,
+            "deadlines": self.slo.to_dict() if self.slo is not None else None,
             "meta": self.meta,
         }
 
 
-def summarize(records: Sequence[Record], label: str, meta: dict[str, Any] | None = None) -> Summary:
+def summarize(
+    records: Sequence[Record], label: str, meta: dict[str, Any] | None = None, *, cpu_seconds: float | None = None
+) -> Summary:
     ok = [r for r in records if r.ok]
     series: dict[str, list[float]] = {
         "end_to_end": [r.latency for r in ok],
@@ -93,6 +108,8 @@ def summarize(records: Sequence[Record], label: str, meta: dict[str, Any] | None
         means=means,
         histograms=histograms,
         meta=dict(meta or {}),
+        slo=summarize_slo(records, duration),
+        cpu_seconds=cpu_seconds,
     )
 
 
@@ -116,6 +133,9 @@ def format_table(summaries: Sequence[Summary]) -> str:
             f"{s.label:<12s}{s.requests:>10d}{s.ok:>8d}{s.throughput:>9.1f}{s.duration:>9.1f}s"
             f"{s.cold_starts:>6d}{batch}  {errors}"
         )
+    if any(s.slo is not None or s.cpu_seconds is not None for s in summaries):
+        lines.append("")
+        lines.append(format_slo([(s.label, s.slo, s.cpu_per_forecast) for s in summaries]))
     return "\n".join(lines)
 
 

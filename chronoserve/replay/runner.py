@@ -45,6 +45,11 @@ class Record:
     server_total: float | None
     batch_size: int | None
     cold_start: bool | None
+    deadline_ms: float | None = None
+    """The request's latency budget, counted from ``scheduled`` (None: it had none)."""
+    priority: int | None = None
+    deadline_class: str | None = None
+    """The trace's name for the request's deadline class (None: not named)."""
 
     @property
     def latency(self) -> float:
@@ -54,6 +59,11 @@ class Record:
     @property
     def ok(self) -> bool:
         return self.status == 200
+
+    @property
+    def met(self) -> bool:
+        """Answered within its deadline (from the scheduled send time); False without a deadline."""
+        return self.ok and self.deadline_ms is not None and self.latency * 1000.0 <= self.deadline_ms
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -148,4 +158,7 @@ def _record(i: int, request: Any, scheduled: float, sent: float, received: float
         server_total=timings.get("total"),
         batch_size=result.get("batch_size") if result else None,
         cold_start=result.get("cold_start") if result else None,
+        deadline_ms=body.get("deadline_ms"),
+        priority=body.get("priority"),
+        deadline_class=getattr(request, "deadline_class", None),
     )

@@ -7,6 +7,7 @@ reports are the same whichever target ran them.
 from __future__ import annotations
 
 import importlib
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,10 @@ class Target:
 
     async def close(self) -> None:
         """Finish; answer or fail whatever is still pending."""
+
+    async def cpu_seconds(self) -> float | None:
+        """CPU time the serving side has used so far (user + system, every thread), or None if unknown."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         return {"label": self.label}
@@ -110,6 +115,10 @@ class InProcessTarget(Target):
         if self.engine is not None:
             await self.engine.close()
 
+    async def cpu_seconds(self) -> float | None:
+        """This process's CPU time: the engine's workers and loop, and the replay's own sending."""
+        return time.process_time()
+
     def describe(self) -> dict[str, Any]:
         if self.engine is None:
             return {"label": self.label, "mode": "in-process"}
@@ -163,6 +172,23 @@ class HTTPTarget(Target):
     async def close(self) -> None:
         if self.client is not None:
             await self.client.aclose()
+
+    async def cpu_seconds(self) -> float | None:
+        """The server process's ``process_cpu_seconds_total`` from its ``/metrics`` (None if absent)."""
+        assert self.client is not None, "call start() first"
+        try:
+            response = await self.client.get("/metrics")
+        except httpx.HTTPError:
+            return None
+        if response.status_code != 200:
+            return None
+        for line in response.text.splitlines():
+            if line.startswith("process_cpu_seconds_total "):
+                try:
+                    return float(line.split()[1])
+                except (IndexError, ValueError):
+                    return None
+        return None
 
     def describe(self) -> dict[str, Any]:
         return {"label": self.label, "mode": "http", "url": self.url}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -65,6 +65,9 @@ class ServerMetrics(EngineObserver):
     def __init__(self, engine: Callable[[], Engine | None]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # process_cpu_seconds_total, process_resident_memory_bytes, ... (Linux; nothing elsewhere):
+        # the replayer reads the CPU time to report CPU-seconds per forecast.
+        ProcessCollector(registry=r)
         self.requests = Counter(
             "chronoserve_requests",
             "Requests the engine accepted, by how they ended: ok, cancelled, or the error "
