@@ -135,6 +135,8 @@ class RecursiveLeastSquares:
             raise ValueError(f"forgetting must lie in (0, 1], got {forgetting}")
         self.forgetting = forgetting
         self.theta = np.zeros(size) if theta is None else np.array(theta, dtype=np.float64)
+        self.prior = prior
+        self.limit = prior * size  # the largest trace P may have (the prior's)
         self.P = np.eye(size) * prior
         self.count = 0
 
@@ -149,11 +151,18 @@ class RecursiveLeastSquares:
         self.theta = self.theta + gain * error
         self.P = (self.P - np.outer(gain, px)) / self.forgetting
         self.P = (self.P + self.P.T) / 2.0  # keep it symmetric against rounding
+        # Forgetting divides P by the factor at every update, also along directions the inputs
+        # never move in (a feature that stays 0): there it grows without bound ("covariance
+        # windup") until it overflows, after some 35,000 updates at 0.98. Bounding its trace by
+        # the prior's keeps every direction at most as uncertain as at the start.
+        trace = float(np.trace(self.P))
+        if not np.isfinite(trace) or trace > self.limit:
+            self.P = np.eye(len(self.theta)) * self.prior if not np.isfinite(trace) else self.P * (self.limit / trace)
         self.count += 1
         return error
 
     def copy(self) -> RecursiveLeastSquares:
-        other = RecursiveLeastSquares(len(self.theta), self.forgetting)
+        other = RecursiveLeastSquares(len(self.theta), self.forgetting, self.prior)
         other.theta, other.P, other.count = self.theta.copy(), self.P.copy(), self.count
         return other
 

@@ -341,3 +341,15 @@ def test_when_the_whole_machine_slows_down_every_model_follows_within_fifty_batc
     assert np.median(errors[40:50]) < 0.06  # followed within 50 batches
     assert np.median(errors[200:]) < 0.035  # and it stays there (the noise is 2 %)
     assert model.machine == pytest.approx(1.5, rel=0.1)  # the factor holds the step, the estimators the rest
+
+
+def test_recursive_least_squares_does_not_wind_up_along_a_direction_never_excited():
+    """With forgetting, P grows by 1/0.98 an update where the inputs never move (here a feature
+    that stays 0): without a bound it overflowed after ~35,000 batches and predictions became NaN."""
+    rls = RecursiveLeastSquares(3, forgetting=0.98)
+    rng = np.random.default_rng(0)
+    for _ in range(40_000):
+        x = np.array([1.0, rng.uniform(1.0, 2.0), 0.0])
+        rls.update(x, 2.0 * x[1] + 1.0)
+    assert np.isfinite(rls.P).all() and np.trace(rls.P) <= 3 * rls.prior * (1 + 1e-9)
+    assert rls.predict(np.array([1.0, 1.5, 0.0])) == pytest.approx(4.0, rel=1e-6)
