@@ -549,11 +549,15 @@ class Engine:
         return SchedulerState(
             queues=queues,
             models=self._pool.states(),
-            running=tuple(b.running for b in self._inflight.values()),
+            running=tuple(
+                dataclasses.replace(b.running, predicted=b.predicted, running_since=b.signal.started)
+                for b in self._inflight.values()
+            ),
             free_slots=self._free,
             model_sizes=sizes,
             draining=self._draining,
             costs=self._cost_view,
+            workers=self.workers,
         )
 
     def _params(self, model: str) -> int:

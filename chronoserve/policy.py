@@ -25,7 +25,7 @@ Decisions:
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Protocol, overload
 
 
@@ -84,7 +84,19 @@ class RunningBatch:
     model: str
     size: int
     started: float
+    """When it was dispatched."""
     ephemeral: bool = False
+    predicted: float | None = field(default=None, compare=False)
+    """Seconds the cost model predicted it takes on a worker (None in hand-built states)."""
+    running_since: float | None = field(default=None, compare=False)
+    """When a worker began it; None while it waits for one (the engine's prefetch slot)."""
+
+    @property
+    def expected_end(self) -> float | None:
+        """When it should finish, if it is on a worker and has a prediction."""
+        if self.running_since is None or self.predicted is None:
+            return None
+        return self.running_since + self.predicted
 
 
 class QueueView(Sequence[QueuedRequest]):
@@ -141,6 +153,8 @@ class SchedulerState:
     """The engine is closing: run what is queued now rather than wait for fuller batches."""
     costs: CostEstimates | None = None
     """The cost model's predictions (None in states built without one)."""
+    workers: int = 0
+    """Batches that run at once (the engine's workers); 0: not known (hand-built states)."""
 
     @property
     def free_workers(self) -> int:

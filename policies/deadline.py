@@ -6,13 +6,21 @@ online cost model; see docs/costs.md):
 - **Order.** Higher priority classes first (1 is the highest, as in Triton; no class is below
   every number), then the earliest deadline, across models and within a model's queue;
   requests without a deadline come after those with one in their class, oldest first.
-- **Shedding.** A request whose deadline cannot be met even if its model ran it alone, now
-  (after loading it, when it is not resident), is shed at once: it fails with
+- **When a worker is free.** Batches run to the end once started (no preemption), so a batch
+  dispatched now starts when a worker is next free: the policy keeps a timeline of the
+  workers (``state.workers``; the running batches' predicted ends, ``RunningBatch.expected_end``,
+  and those waiting for a worker after them) and sizes and sheds against it.
+- **Shedding.** A request whose deadline cannot be met even if its model ran it alone on the
+  first worker free (after loading it, when it is not resident) is shed at once: it fails with
   ``deadline_unmeetable`` (HTTP 503) and the predicted time, rather than take a worker and
   answer late. One whose deadline passes while it waits is failed by the engine
   (``deadline_expired``, 504): nothing runs after its deadline.
 - **Batch size.** The largest batch (at most ``max_batch``) whose predicted completion still
-  meets the earliest deadline inside it.
+  meets the earliest deadline inside it, and that leaves room for tighter work: while requests
+  with a tighter budget have been seen lately (``memory`` seconds), a batch of looser ones
+  takes at most ``block`` x that budget, so a tight request arriving behind it waits at most
+  that long for a worker (the non-preemptive blocking bound); one that cannot be cut so short
+  (a single long request) runs only while another worker stays free for tight work.
 - **Waiting.** A batch waits for more requests only while every deadline in it still holds
   if it starts later: it starts at the latest by ``earliest deadline - predicted time -
   margin``, and never later than ``max_wait`` after its oldest request (as ``batched``).
@@ -24,6 +32,7 @@ sizes batches as ``batched`` does, in deadline order.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Hashable, Sequence
 
@@ -50,6 +59,8 @@ class DeadlinePolicy(BatchedPolicy):
         max_resident: int = 3,
         memory_budget: int | str | None = None,
         margin: float | str = 0.002,
+        block: float = 0.5,
+        memory: float | str = 10.0,
     ) -> None:
         if "auto" in (max_batch, max_wait):
             raise ValueError(
@@ -57,14 +68,48 @@ class DeadlinePolicy(BatchedPolicy):
             )
         super().__init__(max_batch=max_batch, max_wait=max_wait, max_resident=max_resident, memory_budget=memory_budget)
         self.margin = parse_seconds(margin)
+        if not (isinstance(block, int | float) and 0 < block <= 1):
+            raise ValueError(f"block must be a fraction in (0, 1], got {block!r}")
+        self.block = float(block)
+        self.memory = parse_seconds(memory)
+        self._tight = math.inf  # the tightest budget seen lately, and when
+        self._tight_seen = -math.inf
+        self._free_at: list[float] = []  # this decision's worker timeline (a min-heap)
 
     def describe(self) -> dict[str, object]:
-        return {**super().describe(), "margin": self.margin}
+        return {**super().describe(), "margin": self.margin, "block": self.block, "memory": self.memory}
+
+    def _timeline(self, state: SchedulerState, now: float) -> list[float]:
+        """When each worker is next free, as a min-heap: running batches end as predicted, batches
+        waiting for a worker take the first free one. Unknown workers (0): every slot is one."""
+        workers = state.workers or state.free_slots + len(state.running)
+        free_at, waiting = [], []
+        for batch in state.running:
+            if batch.running_since is None:
+                waiting.append(batch.predicted or 0.0)
+            else:
+                end = batch.expected_end
+                free_at.append(now if end is None else max(now, end))
+        free_at += [now] * max(0, workers - len(free_at))
+        heapq.heapify(free_at)
+        if not free_at:
+            return [now]
+        for seconds in waiting:
+            heapq.heapreplace(free_at, free_at[0] + seconds)
+        return free_at
+
+    def _see_budget(self, request: QueuedRequest, now: float) -> None:
+        if request.deadline is None:
+            return
+        budget = request.deadline - request.arrival
+        if budget <= self._tight or now - self._tight_seen > self.memory:
+            self._tight, self._tight_seen = budget, now
 
     def serve_order(
         self, state: SchedulerState, now: float, decisions: list[Decision]
     ) -> dict[str, Sequence[QueuedRequest]]:
         """Shed what cannot make its deadline; the rest by urgency, the most urgent model first."""
+        self._free_at = self._timeline(state, now)
         live = self._shed(state, now, decisions)
         return {model: live[model] for model in sorted(live, key=lambda m: urgency(live[m][0]))}
 
@@ -79,9 +124,11 @@ class DeadlinePolicy(BatchedPolicy):
         live: dict[str, list[QueuedRequest]] = {}
         for model, queue in state.queues.items():
             window = queue[: max(1, state.free_slots) * self.max_batch * self.LOOKAHEAD]
-            start = now + (self._until_ready(model, state, costs) if costs is not None else 0.0)
+            ready = now + (self._until_ready(model, state, costs) if costs is not None else 0.0)
+            start = max(ready, self._free_at[0])
             kept = []
             for request in window:
+                self._see_budget(request, now)
                 if costs is not None and request.deadline is not None:
                     finish = start + costs.batch_seconds(model, [request])
                     if finish > request.deadline:
@@ -119,10 +166,11 @@ class DeadlinePolicy(BatchedPolicy):
         for group in groups.values():
             start = 0
             while start < len(group):
+                begins = max(now, self._free_at[0]) if self._free_at else now
                 take = group[start : start + self.max_batch]
                 cut = False
                 if costs is not None:
-                    while len(take) > 1 and not self._meets(model, take, now, costs):
+                    while len(take) > 1 and not self._fits(model, take, begins, now, costs):
                         take, cut = take[:-1], True
                 oldest = min(r.arrival for r in take)
                 due = oldest + self.max_wait
@@ -136,11 +184,37 @@ class DeadlinePolicy(BatchedPolicy):
                     break
                 if len(batches) == slots:
                     return batches, wake
+                if costs is not None and self._free_at:
+                    seconds = costs.batch_seconds(model, take)
+                    if self._blocks(take, seconds, now):
+                        break  # it would leave no worker for tight work: wait for one to free
+                    heapq.heapreplace(self._free_at, begins + seconds)
                 batches.append(tuple(r.seq for r in take))
                 start += len(take)
         return batches, wake
 
-    @staticmethod
-    def _meets(model: str, batch: Sequence[QueuedRequest], now: float, costs: CostEstimates) -> bool:
+    def _blocks(self, batch: Sequence[QueuedRequest], seconds: float, now: float) -> bool:
+        """A batch of looser work longer than ``block`` x the tightest budget seen lately may not take
+        the last worker that would be free within that time: tight work keeps one."""
+        if len(self._free_at) < 2 or now - self._tight_seen > self.memory or seconds <= self.block * self._tight:
+            return False  # (with one worker there is none to keep)
+        budgets = [r.deadline - r.arrival for r in batch if r.deadline is not None]
+        if budgets and min(budgets) <= self._tight:
+            return False
+        soon = now + self.block * self._tight
+        return sum(1 for t in self._free_at if t <= soon) < 2
+
+    def _fits(
+        self, model: str, batch: Sequence[QueuedRequest], begins: float, now: float, costs: CostEstimates
+    ) -> bool:
+        """It meets its earliest deadline starting at ``begins``, and, while tighter budgets have been
+        seen lately, takes at most ``block`` x the tightest (a tight request waits at most that)."""
+        seconds = costs.batch_seconds(model, batch)
         deadlines = [r.deadline for r in batch if r.deadline is not None]
-        return not deadlines or now + costs.batch_seconds(model, batch) <= min(deadlines)
+        if deadlines and begins + seconds > min(deadlines):
+            return False
+        if now - self._tight_seen > self.memory:
+            return True
+        budgets = [r.deadline - r.arrival for r in batch if r.deadline is not None]
+        own = min(budgets) if budgets else math.inf
+        return own <= self._tight or seconds <= self.block * self._tight

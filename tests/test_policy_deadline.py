@@ -130,3 +130,66 @@ async def test_requests_behind_shed_ones_are_still_served():
             timeout=10,
         )
     assert [type(a).__name__ for a in answers] == ["DeadlineUnmeetable"] * 4 + ["ForecastResult"]
+
+
+def _with(snapshot, **fields):
+    import dataclasses
+
+    return dataclasses.replace(snapshot, **fields)
+
+
+def test_a_request_is_shed_when_its_deadline_passes_before_a_worker_is_free():
+    from chronoserve.policy import RunningBatch
+
+    # One worker, busy until 1.1 s (started at 1.0, predicted 100 ms); a batch of one takes 2 ms.
+    busy = (RunningBatch("m", 4, 1.0, predicted=0.1, running_since=1.0),)
+    request = queued("m", 1.0, seq=1, deadline=1.05)  # met if it ran now, not after the running batch
+    snapshot = _with(state([request], ready=["m"], free_slots=1, costs=COSTS), workers=1, running=busy)
+    assert policy().decide(snapshot, 1.0) == [Shed((1,), predicted=pytest.approx(1.102))]
+    roomy = queued("m", 1.0, seq=2, deadline=1.2)
+    snapshot = _with(state([roomy], ready=["m"], free_slots=1, costs=COSTS), workers=1, running=busy)
+    assert policy().decide(snapshot, 1.0) == [WakeAt(pytest.approx(1.01))]  # not shed: it waits for company
+
+
+def test_a_batch_waiting_for_a_worker_pushes_the_next_start_back():
+    from chronoserve.policy import RunningBatch
+
+    # One worker: a batch runs until 1.1, another (predicted 200 ms) waits for it: free at 1.3.
+    running = (
+        RunningBatch("m", 4, 1.0, predicted=0.1, running_since=1.0),
+        RunningBatch("m", 4, 1.0, predicted=0.2),
+    )
+    request = queued("m", 1.0, seq=1, deadline=1.25)
+    snapshot = _with(state([request], ready=["m"], free_slots=1, costs=COSTS), workers=1, running=running)
+    assert policy().decide(snapshot, 1.0) == [Shed((1,), predicted=pytest.approx(1.302))]
+
+
+def test_after_a_tight_budget_is_seen_looser_batches_stay_short_enough_not_to_block_it():
+    # A tight request (20 ms budget) seen at 1.01; loose ones (39 s budgets, 10 ms each) after it.
+    tight = queued("m", 1.0, seq=0, gflop=1.0, deadline=1.02)
+    p = policy(block=0.5)
+    assert p.decide(state([tight], ready=["m"], costs=COSTS), 1.01) == [Dispatch("m", (0,))]
+    loose = [queued("m", 1.1, seq=i, gflop=10.0, deadline=40.0) for i in range(1, 9)]
+    (first, *_) = p.decide(state(loose, ready=["m"], free_slots=1, costs=COSTS), 1.1)
+    # A batch may take at most 0.5 x 20 ms = 10 ms: 2 ms + 10 ms x n <= 10 ms -> n = 1 (the least).
+    assert first == Dispatch("m", (1,))
+    # Without the tight one in memory (a fresh policy), the loose batch takes all eight.
+    assert policy().decide(state(loose, ready=["m"], free_slots=1, costs=COSTS), 1.1)[0] == Dispatch(
+        "m", tuple(range(1, 9))
+    )
+    # Once the memory has passed, batches grow again.
+    assert p.decide(state(loose, ready=["m"], free_slots=1, costs=COSTS), 20.0)[0] == Dispatch("m", tuple(range(1, 9)))
+
+
+def test_a_long_loose_request_leaves_one_of_two_workers_free_for_tight_work():
+    from chronoserve.policy import RunningBatch
+
+    p = policy(block=0.5)
+    tight = queued("m", 1.0, seq=0, gflop=1.0, deadline=1.02)  # a 20 ms budget, seen first
+    p.decide(state([tight], ready=["m"], free_slots=2, costs=COSTS), 1.01)
+    long = queued("m", 1.1, seq=1, gflop=50.0, deadline=40.0)  # 52 ms alone: longer than 10 ms
+    both_free = _with(state([long], ready=["m"], free_slots=3, costs=COSTS), workers=2)
+    assert p.decide(both_free, 1.2) == [Dispatch("m", (1,))]  # the other worker stays free
+    one_busy = (RunningBatch("m", 1, 1.1, predicted=1.0, running_since=1.1),)
+    last_free = _with(state([long], ready=["m"], free_slots=2, costs=COSTS), workers=2, running=one_busy)
+    assert [d for d in p.decide(last_free, 1.2) if isinstance(d, Dispatch)] == []  # it waits
