@@ -15,9 +15,10 @@ load changes:
   to arrive: a batch waits for as many as it needs, no longer), a queueing allowance that
   grows as ρ nears 1;
 - when nothing fits, or a **backlog** has formed (what waits would take more than half the
-  SLO to clear as tuned), it
-  drains: every worker, batches as large as keep c(n) within half the SLO, no waiting. A
-  burst is seen at once in the queue, before the rate window has caught up.
+  SLO to clear as tuned), it drains: every worker, the largest batches (``batch_limit``: the
+  most forecasts a second), no waiting. A burst is seen at once in the queue, before the rate
+  window has caught up. With no rate measured yet (the first request), every worker and
+  batches within half the SLO.
 
 A choice is kept for ``every`` seconds unless the rate moved by more than a quarter. The
 model is a heuristic (M/D/W-like queueing, a cost model that predicts the batch beside the
@@ -171,8 +172,11 @@ class BatchTuner:
                     p95 = wait + cost[n] * (1.0 + rho / (1.0 - rho))
                     if p95 <= self.slo:
                         return Tuning(n, wait, workers, rate, cost[n], p95, now)
-        # Draining (or idle with nothing measured yet): every worker, the largest batch within half the SLO.
-        n = max([n for n in self.grid if cost[n] <= self.slo / 2] or [self.grid[0]])
+        if backlog or rate > 0:
+            # Draining (the SLO cannot hold): every worker, the largest batch, the most forecasts a second.
+            n = max(self.grid)
+        else:  # nothing measured yet: every worker, the largest batch within half the SLO
+            n = max([n for n in self.grid if cost[n] <= self.slo / 2] or [self.grid[0]])
         return Tuning(n, _or(self.fixed_wait, 0.0), max(1, slots), rate, cost[n], None, now)
 
 
