@@ -22,8 +22,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("trace", metavar="TRACE", help="a JSONL trace (see docs/traces.md), e.g. traces/burst.jsonl")
     p.add_argument("--url", default=None, help="replay against a running server instead of in-process")
-    p.add_argument("--arrivals", default="as-recorded", choices=["as-recorded", "burst", "poisson", "gamma"])
-    p.add_argument("--rate", type=float, default=None, help="requests per second for --arrivals poisson/gamma")
+    p.add_argument("--arrivals", default="as-recorded", choices=["as-recorded", "burst", "poisson", "gamma", "onoff"])
+    p.add_argument(
+        "--rate", type=float, default=None, help="requests per second for --arrivals poisson/gamma/onoff (the mean)"
+    )
     p.add_argument("--cv", type=float, default=None, help="coefficient of variation of gaps for --arrivals gamma")
     p.add_argument("--seed", type=int, default=0, help="seed of --arrivals retiming")
     p.add_argument("--speed", type=float, default=1.0, help="divide every send time by this (2: twice the rate)")

@@ -11,7 +11,9 @@ A request with a deadline ends in exactly one outcome:
 - ``failed``: any other error.
 
 Attainment is ``met / requests with a deadline`` (every other outcome is a miss), goodput is
-``met / duration`` (the replay's, from the first scheduled send to the last answer).
+``met / offered seconds`` (from the first scheduled send to the last: the same window for every
+policy on the same trace, so one that refuses early does not gain by finishing sooner, nor one
+with a backlog lose by answering later; a burst, sent all at once, uses the replay's duration).
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ class SloSummary:
     overall: ClassOutcome
     classes: tuple[ClassOutcome, ...]
     goodput: float
-    """Answers within their deadline per second of the replay."""
+    """Answers within their deadline per offered second (see the module's docstring)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -110,7 +112,8 @@ def _class(name: str, records: Sequence[Record]) -> ClassOutcome:
 
 
 def summarize_slo(records: Sequence[Record], duration: float) -> SloSummary | None:
-    """The deadline outcomes of ``records``; None when none of them had a deadline."""
+    """The deadline outcomes of ``records``; None when none of them had a deadline. ``duration``
+    (the replay's) is the goodput's window only for a burst (every request scheduled at once)."""
     timed = [r for r in records if r.deadline_ms is not None]
     if not timed:
         return None
@@ -125,7 +128,9 @@ def summarize_slo(records: Sequence[Record], duration: float) -> SloSummary | No
         return (priority, deadline, c.name)
 
     overall = _class("all", timed)
-    goodput = overall.counts["met"] / duration if duration > 0 else float("nan")
+    offered = max(r.scheduled for r in records) - min(r.scheduled for r in records)
+    window = offered if offered > 0 else duration
+    goodput = overall.counts["met"] / window if window > 0 else float("nan")
     return SloSummary(overall=overall, classes=tuple(sorted(classes, key=order)), goodput=goodput)
 
 
