@@ -40,7 +40,7 @@ import platform
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,8 @@ class Run:
     factor: float
     offered: float
     summary: Any
+    priority1: dict[str, list[int]] = field(default_factory=dict)
+    """Per model, [met, requests] of the priority-1 class."""
 
     @property
     def goodput(self) -> float:
@@ -90,6 +92,7 @@ class Run:
             "p99_ms": s.percentiles["end_to_end"][99.0] * 1000,
             "cpu_s_per_forecast": s.cpu_per_forecast,
             "policy": s.meta.get("target", {}).get("policy"),
+            "priority1_by_model": self.priority1,
         }
 
 
@@ -109,16 +112,46 @@ def policies(quick: bool) -> list[tuple[str, str, str, dict[str, Any]]]:
 async def replay_once(
     requests: Sequence[Any], policy: str, options: dict[str, Any], label: str, costs: Any = None
 ) -> Any:
-    """One replay on a fresh engine; ``costs``, a cost model carried over from the runs before (as a
-    server that has been running has one), or a new one."""
+    """One replay on a fresh engine (its ``ReplayResult``); ``costs``, a cost model carried over from
+    the runs before (as a server that has been running has one), or a new one."""
     from chronoserve.replay import InProcessTarget, replay
 
     models = sorted({r.model_name for r in requests})
     target = InProcessTarget(
         policy, warm_models=models, policy_options=options, costs=costs, workers=WORKERS, torch_threads=THREADS
     )
-    result = await replay(requests, target, label=label, progress=False, plots=False, meta={"trace": "deadlines"})
-    return result.summary
+    return await replay(requests, target, label=label, progress=False, plots=False, meta={"trace": "deadlines"})
+
+
+async def alone(requests: Sequence[Any]) -> dict[str, dict[str, float]]:
+    """Each model's priority-1 requests (at most 40) one at a time on an idle engine: which the
+    tightest class could meet even with the machine to itself."""
+    import time as clock
+
+    from chronoserve.replay import InProcessTarget
+
+    out: dict[str, dict[str, float]] = {}
+    for model in sorted({r.model_name for r in requests}):
+        mine = [r for r in requests if r.model_name == model and r.priority == 1][:40]
+        if not mine:
+            continue
+        target = InProcessTarget("batched", warm_models=[model], policy_options={"max_wait": 0.0}, workers=WORKERS)
+        await target.start()
+        seconds = []
+        for request in mine:
+            started = clock.perf_counter()
+            await target.send(request)
+            seconds.append(clock.perf_counter() - started)
+        await target.close()
+        over = sum(s * 1000 > r.deadline_ms for s, r in zip(seconds, mine, strict=True))
+        seconds.sort()
+        out[model] = {
+            "requests": len(mine),
+            "median_ms": 1000 * seconds[len(seconds) // 2],
+            "p90_ms": 1000 * seconds[int(0.9 * len(seconds))],
+            "over_deadline": over,
+        }
+    return out
 
 
 async def capacity(requests: Sequence[Any], costs: Any) -> float:
@@ -129,7 +162,7 @@ async def capacity(requests: Sequence[Any], costs: Any) -> float:
     burst = [dataclasses.replace(r, t=0.0, deadline_ms=None, priority=None) for r in requests]
     best = 0.0
     for options in ({"max_batch": 64, "max_wait": 0.01}, {"max_batch": 64, "max_wait": 0.01}, {"max_batch": 8}):
-        summary = await replay_once(burst, "batched", options, "capacity", costs)
+        summary = (await replay_once(burst, "batched", options, "capacity", costs)).summary
         if options["max_batch"] == 64:
             best = max(best, summary.throughput)
     return best
@@ -153,14 +186,16 @@ async def run(trace: Any, factors: Sequence[float], quick: bool, out: Path) -> d
     started = time.monotonic()
     cap = await capacity(trace.requests, costs)
     print(f"capacity: {cap:.1f} answers/s (the trace as a burst, batched B=64)", file=sys.stderr)
+    idle = await alone(trace.requests)
     runs: list[Run] = []
     configs = policies(quick)
     for factor in factors:
         speed = factor * cap / trace.rate
         scaled = scale_time(trace, speed)
         for family, label, policy, options in configs:
-            summary = await replay_once(scaled.requests, policy, options, label, costs)
-            run = Run(family, label, factor, scaled.rate, summary)
+            result = await replay_once(scaled.requests, policy, options, label, costs)
+            summary = result.summary
+            run = Run(family, label, factor, scaled.rate, summary, priority1(result.records))
             runs.append(run)
             attain = summary.slo.overall.attainment * 100 if summary.slo else float("nan")
             print(
@@ -172,6 +207,7 @@ async def run(trace: Any, factors: Sequence[float], quick: bool, out: Path) -> d
         "trace": f"deadlines ({len(trace)} requests)",
         "requests": len(trace),
         "capacity_per_s": cap,
+        "priority1_alone": idle,
         "factors": list(factors),
         "engine": {"workers": WORKERS, "torch_threads": THREADS},
         "machine": {"python": platform.python_version(), "machine": platform.machine(), "cpus": _cpus()},
@@ -193,6 +229,17 @@ def write(out: Path, results: dict[str, Any]) -> None:
     print(table)
     for path in plot(out, results):
         print(f"wrote {path}")
+
+
+def priority1(records: Sequence[Any]) -> dict[str, list[int]]:
+    """Per model, [met, requests] of the priority-1 class: which models the tightest class can make."""
+    out: dict[str, list[int]] = {}
+    for r in records:
+        if r.priority == 1:
+            counts = out.setdefault(r.model, [0, 0])
+            counts[0] += int(r.met)
+            counts[1] += 1
+    return dict(sorted(out.items()))
 
 
 def _cpus() -> int:
@@ -231,12 +278,25 @@ def goals(runs: Sequence[Run]) -> dict[str, Any]:
             "vs_fixed": deadline.goodput / fixed.goodput if fixed.goodput else None,
             "vs_bentoml": deadline.goodput / bento.goodput if bento.goodput else None,
             "high_priority_attainment": _class_attainment(deadline, 1),
+            "high_priority_by_model": {m: met / n for m, (met, n) in deadline.priority1.items() if n},
             "deadline_late": slo.overall.counts["late"] if slo else None,
             "auto_goodput": auto.goodput,
             "auto_vs_fixed": auto.goodput / fixed.goodput if fixed.goodput else None,
         }
         out[f"x{factor:g}"] = point
     return out
+
+
+def feasible_attainment(row: dict[str, Any], idle: dict[str, dict[str, float]]) -> tuple[float, list[str]] | None:
+    """A run's attainment without the priority-1 requests of models that miss the deadline alone on an
+    idle engine more than one time in ten (what no scheduler could meet here); and those models."""
+    infeasible = sorted(m for m, a in idle.items() if a["over_deadline"] > 0.1 * a["requests"])
+    outcomes, by_model = row["outcomes"], row.get("priority1_by_model", {})
+    if not outcomes:
+        return None
+    met = outcomes["met"] - sum(by_model.get(m, [0, 0])[0] for m in infeasible)
+    total = sum(outcomes.values()) - sum(by_model.get(m, [0, 0])[1] for m in infeasible)
+    return (met / total if total else float("nan")), infeasible
 
 
 def format_results(results: dict[str, Any]) -> str:
@@ -256,6 +316,12 @@ def format_results(results: dict[str, Any]) -> str:
             f"{(r['attainment'] or 0) * 100:7.1f}%{o.get('late', 0):6d}{o.get('shed', 0):6d}{o.get('expired', 0):8d}"
             f"{r['p99_ms']:8.0f}{cpu if cpu is not None else float('nan'):10.4f}"
         )
+    lines += ["", "priority 1 requests alone on an idle engine (what the tightest class can meet at best)"]
+    for model, a in results.get("priority1_alone", {}).items():
+        lines.append(
+            f"  {model}: median {a['median_ms']:.0f} ms, p90 {a['p90_ms']:.0f} ms; "
+            f"{a['over_deadline']} of {a['requests']} over their deadline"
+        )
     lines += ["", "goals"]
     for point, g in results["goals"].items():
         lines.append(
@@ -265,8 +331,22 @@ def format_results(results: dict[str, Any]) -> str:
             f" and {g['vs_bentoml']:.2f}x best BentoML port ({g['best_bentoml']}, {g['best_bentoml_goodput']:.2f}/s);"
             f" priority 1 attainment {(g['high_priority_attainment'] or 0) * 100:.1f} %, late {g['deadline_late']};"
             f" auto {g['auto_goodput']:.2f}/s = {g['auto_vs_fixed']:.2f}x best fixed"
+            + "".join(
+                f"\n      priority 1 on {m}: {v * 100:.1f} %" for m, v in g.get("high_priority_by_model", {}).items()
+            )
+            + _feasible_line(results, point)
         )
     return "\n".join(lines)
+
+
+def _feasible_line(results: dict[str, Any], point: str) -> str:
+    idle = results.get("priority1_alone")
+    rows = [r for r in results["runs"] if r["family"] == "deadline" and f"x{r['factor']:g}" == point]
+    found = feasible_attainment(rows[0], idle) if idle and rows else None
+    if found is None or not found[1]:
+        return ""
+    value, models = found
+    return f"\n      deadline attainment without the priority-1 requests of {', '.join(models)}: {value * 100:.1f} %"
 
 
 def plot(out: Path, results: dict[str, Any]) -> list[Path]:
@@ -317,9 +397,11 @@ def plot(out: Path, results: dict[str, Any]) -> list[Path]:
         ax.set_ylim(0, 105)
         ax.grid(alpha=0.3, axis="y")
     axes[0, 0].set_ylabel("attainment per class (%)")
-    axes[0, -1].legend(fontsize=7, loc="lower right")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(families), fontsize=8)  # below the panels
     fig.suptitle("Deadline attainment per class (the best of each family at each load)", fontsize=11)
-    paths.append(save(fig, out / "deadlines-classes.png"))
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    paths.append(save(fig, out / "deadlines-classes.png", layout=False))
     return paths
 
 

@@ -6,12 +6,14 @@ online cost model; see docs/costs.md):
 - **Order.** Higher priority classes first (1 is the highest, as in Triton; no class is below
   every number), then the earliest deadline, across models and within a model's queue;
   requests without a deadline come after those with one in their class, oldest first.
-- **When a worker is free.** Batches run to the end once started (no preemption), so a batch
-  dispatched now starts when a worker is next free: the policy keeps a timeline of the
-  workers (``state.workers``; the running batches' predicted ends, ``RunningBatch.expected_end``,
-  and those waiting for a worker after them) and sizes and sheds against it.
-- **Shedding.** A request whose deadline cannot be met even if its model ran it alone on the
-  first worker free (after loading it, when it is not resident) is shed at once: it fails with
+- **When a worker is free.** Batches run to the end once started (no preemption). The policy
+  keeps a timeline of the workers (``state.workers``; the running batches' predicted ends,
+  ``RunningBatch.expected_end``, and those waiting for a worker after them), and binds a batch
+  with deadlines to a worker only once one is free (Clockwork's late binding: the most urgent
+  work at that moment gets it); batches without deadlines fill the engine's prefetch slot as
+  under ``batched``.
+- **Shedding.** A request whose deadline cannot be met even if its model ran it alone now on
+  an idle worker (after loading it, when it is not resident) is shed at once: it fails with
   ``deadline_unmeetable`` (HTTP 503) and the predicted time, rather than take a worker and
   answer late. One whose deadline passes while it waits is failed by the engine
   (``deadline_expired``, 504): nothing runs after its deadline.
@@ -124,8 +126,8 @@ class DeadlinePolicy(BatchedPolicy):
         live: dict[str, list[QueuedRequest]] = {}
         for model, queue in state.queues.items():
             window = queue[: max(1, state.free_slots) * self.max_batch * self.LOOKAHEAD]
-            ready = now + (self._until_ready(model, state, costs) if costs is not None else 0.0)
-            start = max(ready, self._free_at[0])
+            # Hopeless: not even alone on an idle worker (a worker may free sooner than predicted).
+            start = now + (self._until_ready(model, state, costs) if costs is not None else 0.0)
             kept = []
             for request in window:
                 self._see_budget(request, now)
@@ -183,6 +185,15 @@ class DeadlinePolicy(BatchedPolicy):
                     wake = due if wake is None else min(wake, due)
                     break
                 if len(batches) == slots:
+                    return batches, wake
+                if begins > now and any(r.deadline is not None for r in take):
+                    # No worker free yet: bind it when one is (the most urgent then gets it); look
+                    # again when its earliest deadline becomes hopeless, to shed it then.
+                    if costs is not None:
+                        hopeless = min(r.deadline for r in take if r.deadline is not None) - costs.batch_seconds(
+                            model, take[:1]
+                        )
+                        wake = hopeless if wake is None else min(wake, hopeless)
                     return batches, wake
                 if costs is not None and self._free_at:
                     seconds = costs.batch_seconds(model, take)

@@ -138,30 +138,31 @@ def _with(snapshot, **fields):
     return dataclasses.replace(snapshot, **fields)
 
 
-def test_a_request_is_shed_when_its_deadline_passes_before_a_worker_is_free():
+def test_with_deadlines_a_batch_waits_for_a_free_worker_and_is_shed_once_hopeless():
     from chronoserve.policy import RunningBatch
 
-    # One worker, busy until 1.1 s (started at 1.0, predicted 100 ms); a batch of one takes 2 ms.
+    # One worker, busy until 1.1 s (predicted); the engine has a free prefetch slot.
     busy = (RunningBatch("m", 4, 1.0, predicted=0.1, running_since=1.0),)
-    request = queued("m", 1.0, seq=1, deadline=1.05)  # met if it ran now, not after the running batch
-    snapshot = _with(state([request], ready=["m"], free_slots=1, costs=COSTS), workers=1, running=busy)
-    assert policy().decide(snapshot, 1.0) == [Shed((1,), predicted=pytest.approx(1.102))]
-    roomy = queued("m", 1.0, seq=2, deadline=1.2)
-    snapshot = _with(state([roomy], ready=["m"], free_slots=1, costs=COSTS), workers=1, running=busy)
-    assert policy().decide(snapshot, 1.0) == [WakeAt(pytest.approx(1.01))]  # not shed: it waits for company
+    request = queued("m", 1.0, seq=1, deadline=1.05)  # 2 ms alone: met if a worker frees in time
+
+    def snapshot():
+        return _with(state([request], ready=["m"], free_slots=1, costs=COSTS), workers=1, running=busy)
+
+    # Not bound to the prefetch slot: woken when it becomes hopeless (1.05 - 2 ms).
+    assert policy().decide(snapshot(), 1.01) == [WakeAt(pytest.approx(1.048))]
+    assert policy().decide(snapshot(), 1.049) == [Shed((1,), predicted=pytest.approx(1.051))]
+    # Freed in time (the running batch ended early): it runs.
+    free = state([request], ready=["m"], free_slots=2, costs=COSTS)
+    assert policy().decide(_with(free, workers=1), 1.02) == [Dispatch("m", (1,))]
 
 
-def test_a_batch_waiting_for_a_worker_pushes_the_next_start_back():
+def test_without_deadlines_a_batch_fills_the_prefetch_slot_as_under_batched():
     from chronoserve.policy import RunningBatch
 
-    # One worker: a batch runs until 1.1, another (predicted 200 ms) waits for it: free at 1.3.
-    running = (
-        RunningBatch("m", 4, 1.0, predicted=0.1, running_since=1.0),
-        RunningBatch("m", 4, 1.0, predicted=0.2),
-    )
-    request = queued("m", 1.0, seq=1, deadline=1.25)
-    snapshot = _with(state([request], ready=["m"], free_slots=1, costs=COSTS), workers=1, running=running)
-    assert policy().decide(snapshot, 1.0) == [Shed((1,), predicted=pytest.approx(1.302))]
+    busy = (RunningBatch("m", 4, 1.0, predicted=0.1, running_since=1.0),)
+    loose = queued("m", 1.0, seq=1)
+    snapshot = _with(state([loose], ready=["m"], free_slots=1, costs=COSTS), workers=1, running=busy)
+    assert policy().decide(snapshot, 1.01) == [Dispatch("m", (1,))]
 
 
 def test_after_a_tight_budget_is_seen_looser_batches_stay_short_enough_not_to_block_it():
