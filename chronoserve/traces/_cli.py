@@ -428,13 +428,20 @@ def _counts_sorted(values: Any) -> dict[Any, int]:
     return dict(sorted(out.items()))
 
 
-def cmd_show(args: argparse.Namespace) -> int:
+def _read(path: str, command: str) -> Any:
+    """The trace at ``path``, or None after printing why it cannot be read (exit 2)."""
     from chronoserve.traces import TraceError, read_trace
 
     try:
-        trace = read_trace(args.trace)
+        return read_trace(path)
     except TraceError as exc:
-        print(f"chronoserve trace show: error: {exc}", file=sys.stderr)
+        print(f"chronoserve trace {command}: error: {exc}", file=sys.stderr)
+        return None
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    trace = _read(args.trace, "show")
+    if trace is None:
         return 2
     print(f"{args.trace}:")
     for line in describe(trace):
@@ -443,12 +450,10 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from chronoserve.traces import TraceError, check_trace, read_trace
+    from chronoserve.traces import check_trace
 
-    try:
-        trace = read_trace(args.trace)
-    except TraceError as exc:
-        print(f"chronoserve trace check: error: {exc}", file=sys.stderr)
+    trace = _read(args.trace, "check")
+    if trace is None:
         return 2
     print(f"{args.trace}: {trace.summary()}")
     problems = check_trace(trace)
