@@ -289,6 +289,17 @@ async def test_models_lists_the_catalog_and_the_resident_models():
     assert ForecastIn.model_fields["model_name"].default == DEFAULT_MODEL
     assert trained["hub_id"] is None and "trained" in trained["description"].lower()
     assert all(m["description"] == "" for m in body["catalog"] if not m["trained_here"])
+    assert body["policy"]["name"] == "batched" and body["policy"]["max_batch"] == 32
+
+
+async def test_models_shows_what_batched_auto_chose_per_model():
+    options = {"max_batch": "auto", "max_wait": "auto", "slo_p95": 0.2}
+    async with client_for(policy_options=options) as client:
+        await client.post("/forecast", json={"city": "dongsi"})
+        policy = (await client.get("/models")).json()["policy"]
+    assert policy["max_batch"] == "auto" and policy["slo_p95"] == 0.2
+    tuned = policy["tuned"][FAKE]
+    assert set(tuned) == {"max_batch", "max_wait", "concurrency", "rate", "predicted_p95"}
 
 
 async def test_series_lists_the_twelve_sites():

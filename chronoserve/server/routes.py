@@ -129,6 +129,7 @@ async def models(request: Request) -> Response:
         "failed": load_failures(runtime),
         "catalog": catalog,
         "profile": None if profile is None else _profile_summary(profile),
+        "policy": dict(engine.stats().policy) if engine is not None else None,
         "note": "random/NAME models have the published architecture and random weights: "
         "their timings are real, their forecasts are not. chronos-2-pm25 (trained_here) is a small "
         "Chronos-2 trained by chronoserve on Beijing PM2.5 2013-03 to 2016-06: see its description.",

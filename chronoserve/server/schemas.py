@@ -314,6 +314,11 @@ class ModelsOut(BaseModel):
     )
     catalog: list[CatalogModelOut]
     profile: ProfileOut | None = Field(description="The cost table the server loaded (`serve --profile`), or null.")
+    policy: dict[str, Any] | None = Field(
+        default=None,
+        description="The scheduling policy: its name and options as it describes them; `batched` with `auto` adds "
+        "`tuned`, per model the `max_batch`, `max_wait`, `concurrency` chosen and the `rate` they were chosen for.",
+    )
     note: str
 
 
