@@ -96,6 +96,12 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="batched with auto B or Δt: the p95 latency to keep; B, Δt and workers follow the load",
     )
+    group.add_argument(
+        "--auto-objective",
+        choices=["latency", "cpu"],
+        default=None,
+        help="batched auto: within the SLO, the lowest latency (default) or the least CPU per forecast",
+    )
     group.add_argument("--max-resident", type=positive_int, default=None, help="lru/batched: K resident models")
     group.add_argument("--memory-budget", default=None, help="lru/batched: bytes of resident models, e.g. 2GB")
     group.add_argument("--workers", type=positive_int, default=None, help="inference threads (default: 2)")
@@ -117,6 +123,8 @@ def engine_settings(args: argparse.Namespace, **more: Any) -> EngineSettings:
         options["max_wait"] = args.max_wait_ms if args.max_wait_ms == "auto" else args.max_wait_ms / 1000.0
     if getattr(args, "slo_p95_ms", None) is not None:
         options["slo_p95"] = args.slo_p95_ms / 1000.0
+    if getattr(args, "auto_objective", None) is not None:
+        options["objective"] = args.auto_objective
     if args.max_resident is not None:
         options["max_resident"] = args.max_resident
     if args.memory_budget is not None:

@@ -7,10 +7,12 @@ load changes:
   seconds (:class:`RateMeter`, read from the queues the policy is shown: pure);
 - the **batch time** c(n) of n requests like the newest one, from the engine's cost model
   (``state.costs``), on a grid of n;
-- for the fewest workers W first (at low load, fewer batches at once: no co-location
-  slowdown, fewer CPU-seconds per forecast), then the smallest n (the lowest latency), the
-  first (W, n) that keeps up with utilisation ρ = λ·c(n) / (W·n) at most ``utilisation``
-  and whose predicted p95 stays within the SLO:
+- among the (W, n) that keep up with utilisation ρ = λ·c(n) / (W·n) at most ``utilisation``
+  and whose predicted p95 stays within the SLO, with ``objective="latency"`` the fewest
+  workers W first (at low load, fewer batches at once: no co-location slowdown), then the
+  smallest n (the lowest latency); with ``objective="cpu"`` the least predicted CPU per
+  forecast, c(n)/n (larger batches, waited for: energy within the SLO, as OASIS), fewer W
+  first. The predicted p95 is
   ``p95 ≈ Δt + c(n) · (1 + ρ / (1 − ρ))`` with ``Δt = (n − 1) / λ`` (the time n requests take
   to arrive: a batch waits for as many as it needs, no longer), a queueing allowance that
   grows as ρ nears 1;
@@ -33,6 +35,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from chronoserve.policy import CostEstimates, QueuedRequest, SchedulerState
+
+#: ``latency``: the fewest batches at once, then the smallest batch that keeps the SLO (the lowest
+#: latency); ``cpu``: of all that keep it, the least predicted CPU per forecast, c(n)/n (larger
+#: batches, waiting longer for them: OASIS's energy-within-SLO), the fewest batches at once first.
+OBJECTIVES = ("latency", "cpu")
 
 #: The batch sizes tried: c(n) is smooth in n, so a geometric grid is enough.
 GRID: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
@@ -110,7 +117,10 @@ class BatchTuner:
         batch_limit: int = 64,
         utilisation: float = 0.7,
         every: float = 0.25,
+        objective: str = "latency",
     ) -> None:
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
         if not (math.isfinite(slo_p95) and slo_p95 > 0):
             raise ValueError(f"slo_p95 must be a number of seconds > 0, got {slo_p95!r}")
         if not 0 < utilisation < 1:
@@ -121,13 +131,23 @@ class BatchTuner:
         self.grid = (fixed_batch,) if fixed_batch is not None else tuple(n for n in GRID if n <= batch_limit)
         self.utilisation = utilisation
         self.every = every
+        self.objective = objective
         self.meter = RateMeter()
         self.chosen: dict[str, Tuning] = {}
 
     def tuning(
-        self, model: str, queue: Sequence[QueuedRequest], now: float, slots: int, costs: CostEstimates | None
+        self,
+        model: str,
+        queue: Sequence[QueuedRequest],
+        now: float,
+        slots: int,
+        costs: CostEstimates | None,
+        workers: int = 0,
     ) -> Tuning:
-        """The model's current choice (re-chosen when stale, when its rate moved, or on a backlog)."""
+        """The model's current choice (re-chosen when stale, when its rate moved, or on a backlog).
+
+        ``slots``: the engine's batch slots (workers and prefetch), what a drain uses; ``workers``:
+        how many batches really run at once (0: unknown, as many as slots), what a choice may use."""
         rate = self.meter.rate(model, now)
         last = self.chosen.get(model)
         # A backlog: what waits would take longer than half the SLO to clear as tuned.
@@ -146,7 +166,7 @@ class BatchTuner:
             choice = Tuning(self.fixed_batch or 32, _or(self.fixed_wait, 0.01), slots, rate, 0.0, None, now)
         else:
             sample = queue[-1]  # the newest request stands for what is arriving
-            choice = self._choose(model, sample, rate, slots, costs, now, backlog=backlog)
+            choice = self._choose(model, sample, rate, slots, workers or slots, costs, now, backlog=backlog)
         self.chosen[model] = choice
         return choice
 
@@ -156,6 +176,7 @@ class BatchTuner:
         sample: QueuedRequest,
         rate: float,
         slots: int,
+        workers: int,
         costs: CostEstimates,
         now: float,
         *,
@@ -163,15 +184,21 @@ class BatchTuner:
     ) -> Tuning:
         cost = {n: costs.batch_seconds(model, [sample] * n) for n in self.grid}
         if not backlog and rate > 0:
-            for workers in range(1, max(1, slots) + 1):
+            feasible = []
+            for w in range(1, max(1, min(workers, slots)) + 1):
                 for n in self.grid:
-                    rho = rate * cost[n] / (workers * n)
+                    rho = rate * cost[n] / (w * n)
                     if rho > self.utilisation:
                         continue
                     wait = _or(self.fixed_wait, (n - 1) / rate)
                     p95 = wait + cost[n] * (1.0 + rho / (1.0 - rho))
                     if p95 <= self.slo:
-                        return Tuning(n, wait, workers, rate, cost[n], p95, now)
+                        if self.objective == "latency":
+                            return Tuning(n, wait, w, rate, cost[n], p95, now)
+                        feasible.append((cost[n] / n, w, n, wait, p95))
+            if feasible:
+                _, w, n, wait, p95 = min(feasible)
+                return Tuning(n, wait, w, rate, cost[n], p95, now)
         if backlog or rate > 0:
             # Draining (the SLO cannot hold): every worker, the largest batch, the most forecasts a second.
             n = max(self.grid)

@@ -35,6 +35,7 @@ class BatchedPolicy(LRUPolicy):
         memory_budget: int | str | None = None,
         slo_p95: float | str | None = None,
         batch_limit: int = 64,
+        objective: str = "latency",
     ) -> None:
         super().__init__(max_resident=max_resident, memory_budget=memory_budget)
         auto_batch, auto_wait = max_batch == AUTO, max_wait == AUTO
@@ -53,9 +54,10 @@ class BatchedPolicy(LRUPolicy):
                 fixed_batch=None if auto_batch else self.max_batch,
                 fixed_wait=None if auto_wait else self.max_wait,
                 batch_limit=batch_limit,
+                objective=objective,
             )
-        elif slo_p95 is not None:
-            raise ValueError("slo_p95 is only used with max_batch or max_wait 'auto'")
+        elif slo_p95 is not None or objective != "latency":
+            raise ValueError("slo_p95 and objective are only used with max_batch or max_wait 'auto'")
 
     def describe(self) -> dict[str, object]:
         if self.tuner is None:
@@ -65,6 +67,7 @@ class BatchedPolicy(LRUPolicy):
             "max_batch": AUTO if self.tuner.fixed_batch is None else self.max_batch,
             "max_wait": AUTO if self.tuner.fixed_wait is None else self.max_wait,
             "slo_p95": self.tuner.slo,
+            "objective": self.tuner.objective,
             "tuned": {model: t.to_dict() for model, t in sorted(self.tuner.chosen.items())},
         }
 
@@ -78,7 +81,8 @@ class BatchedPolicy(LRUPolicy):
     ) -> tuple[list[tuple[int, ...]], float | None]:
         if self.tuner is None:
             return self.select_batches(queue, now, slots, state.draining)
-        tuning = self.tuner.tuning(model, queue, now, state.free_slots + len(state.running), state.costs)
+        slots_total = state.free_slots + len(state.running)
+        tuning = self.tuner.tuning(model, queue, now, slots_total, state.costs, state.workers)
         running = state.models[model].running if model in state.models else 0
         allowed = min(slots, max(0, tuning.concurrency - running))
         return self._select(queue, now, allowed, state.draining, tuning.max_batch, tuning.max_wait)

@@ -165,3 +165,31 @@ async def test_in_the_engine_auto_batches_a_burst_and_answers_as_alone():
     for a, b in zip(together, alone, strict=True):
         np.testing.assert_array_equal(a.median, b.median)
     assert tuned["max_batch"] >= 1 and tuned["concurrency"] in (1, 2, 3)
+
+
+def test_a_choice_runs_no_more_batches_at_once_than_the_engine_has_workers():
+    import dataclasses
+
+    policy = auto()
+    for k in range(2500):  # 1000/s: needs three batches at once to keep the SLO (see above)
+        t = k / 1000.0
+        snapshot = state([queued("m", t, gflop=1.0)], ready=["m"], free_slots=3, costs=COSTS)
+        policy.decide(dataclasses.replace(snapshot, workers=2), t)
+    tuned = policy.describe()["tuned"]["m"]
+    # Two workers cannot: it drains instead (every slot, the largest batches, no p95 promised).
+    assert tuned["predicted_p95"] is None and tuned["max_batch"] == 64 and tuned["concurrency"] == 3
+
+
+def test_the_cpu_objective_takes_the_largest_batch_the_slo_allows():
+    policy = auto(objective="cpu")
+    feed(policy, rate=100.0, seconds=3.0)
+    tuned = policy.describe()["tuned"]["m"]
+    # c(n)/n = 20/n + 1 ms falls with n; n = 16 waits 150 ms for its batch and predicts a p95 of
+    # 150 ms + 36 ms x (1 + 0.225/0.775) = 196 ms; n = 24 would wait 230 ms, over the 200 ms SLO.
+    assert (tuned["max_batch"], tuned["concurrency"]) == (16, 1)
+    assert tuned["max_wait"] == pytest.approx(0.15)
+    assert tuned["predicted_p95"] == pytest.approx(0.15 + 0.036 * (1 + 0.225 / 0.775), rel=1e-3)
+    with pytest.raises(ValueError, match="objective"):
+        auto(objective="energy")
+    with pytest.raises(ValueError, match="only used with"):
+        BatchedPolicy(max_batch=8, objective="cpu")
