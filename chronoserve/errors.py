@@ -87,6 +87,12 @@ class Rejected(ChronoserveError):
     reason = "rejected"
 
 
+def _ms(seconds: float) -> str:
+    """``0.15`` -> ``150 ms``; under a millisecond, three significant digits (``1e-06`` -> ``0.001 ms``)."""
+    ms = seconds * 1000
+    return f"{ms:.0f} ms" if abs(ms) >= 1 else f"{ms:.3g} ms"
+
+
 class DeadlineUnmeetable(ChronoserveError):
     """Refused because its deadline cannot be met: the cost model predicts a later answer.
 
@@ -98,8 +104,8 @@ class DeadlineUnmeetable(ChronoserveError):
     reason = "deadline_unmeetable"
 
     def __init__(self, budget: float, predicted: float | None, retry_after: float | None = None) -> None:
-        when = "" if predicted is None else f": its answer is predicted {predicted * 1000:.0f} ms after arrival"
-        super().__init__(f"deadline of {budget * 1000:.0f} ms cannot be met{when}")
+        when = "" if predicted is None else f": its answer is predicted {_ms(predicted)} after arrival"
+        super().__init__(f"deadline of {_ms(budget)} cannot be met{when}")
         self.budget = budget
         self.predicted = predicted
         self.retry_after = retry_after
@@ -111,7 +117,7 @@ class DeadlineExpired(ChronoserveError):
     reason = "deadline_expired"
 
     def __init__(self, budget: float) -> None:
-        super().__init__(f"deadline of {budget * 1000:.0f} ms passed while the request was queued; it was not run")
+        super().__init__(f"deadline of {_ms(budget)} passed while the request was queued; it was not run")
         self.budget = budget
 
 

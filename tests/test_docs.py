@@ -16,7 +16,7 @@ def blocks(doc: str) -> list[str]:
     return BLOCK.findall((ROOT / doc).read_text())
 
 
-@pytest.mark.parametrize("doc", ["docs/policies.md", "docs/testing.md", "docs/costs.md"])
+@pytest.mark.parametrize("doc", ["docs/policies.md", "docs/testing.md", "docs/costs.md", "docs/deadlines.md"])
 def test_doc_blocks_run(doc):
     namespace: dict[str, object] = {"__name__": f"doc_{Path(doc).stem}"}
     found = blocks(doc)
