@@ -121,9 +121,17 @@ def check_model_name(name: object, field: str = "model") -> str:
         raise InvalidRequest(field, "must not be empty")
     if len(key) > MAX_MODEL_NAME:
         raise InvalidRequest(field, f"is {len(key)} characters long; the limit is {MAX_MODEL_NAME}")
-    if any(unicodedata.category(c)[0] in "CZ" and c != " " for c in key):
-        raise InvalidRequest(field, "must not contain control characters or white space other than spaces")
+    if key not in _CLEAN_NAMES:
+        if any(unicodedata.category(c)[0] in "CZ" and c != " " for c in key):
+            raise InvalidRequest(field, "must not contain control characters or white space other than spaces")
+        if len(_CLEAN_NAMES) < _CLEAN_NAMES_MAX:  # the names served come back: check each once
+            _CLEAN_NAMES.add(key)
     return key
+
+
+#: Model names already found clean (bounded: a flood of new names only stops the caching).
+_CLEAN_NAMES: set[str] = set()
+_CLEAN_NAMES_MAX = 4096
 
 
 # -- the time axis of an answer ------------------------------------------------------------------

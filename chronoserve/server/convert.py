@@ -8,6 +8,7 @@ result (whose horizon the model has accepted), after the time axis was checked t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -49,7 +50,14 @@ class ItemRequest:
     def timestamps(self, horizon: int) -> list[str] | None:
         if self.start is None:
             return None
-        return [t.isoformat() for t in time_axis(self.start, self.freq_hours, 0, horizon)]
+        return list(_timestamps(self.start, self.freq_hours, horizon))
+
+
+@functools.lru_cache(maxsize=4096)
+def _timestamps(start: datetime, freq_hours: float, horizon: int) -> tuple[str, ...]:
+    """An answer's ISO timestamps: the same few axes come back request after request (a series'
+    latest hours), and formatting 24 of them took longer than the rest of the answer."""
+    return tuple(t.isoformat() for t in time_axis(start, freq_hours, 0, horizon))
 
 
 def http_field(field_name: str, item: ForecastIn) -> str:
