@@ -1,5 +1,6 @@
 """The request path's shortcuts answer exactly as the long way: model names checked once, answer
-timestamps formatted once per axis, request ids without a system call."""
+timestamps formatted once per axis, request ids without a system call; and the body read it
+keeps bounded gives up at the drain."""
 
 from __future__ import annotations
 
@@ -45,3 +46,52 @@ def test_request_ids_look_like_uuid4_hex_and_differ():
     ids = {ForecastRequest(model="m", target=[1.0], horizon=1).request_id for _ in range(1000)}
     assert len(ids) == 1000
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+
+
+async def test_a_body_still_arriving_when_the_drain_begins_gets_503():
+    """A handler waiting for the rest of its body answers 503 as soon as the drain begins."""
+    import asyncio
+
+    from asgi_lifespan import LifespanManager
+    from waiting import until
+
+    from chronoserve.server import create_app
+    from chronoserve.testing import FakeLoader, fake_spec, server_settings
+
+    model = "random/chronos-bolt-tiny"
+    spec = fake_spec(model, family="chronos-bolt", context_length=2048, max_horizon=64, supports_covariates=False)
+    app = create_app(server_settings(default_model=model), loader=FakeLoader(specs={model: spec}))
+    body = b'{"city": "dongsi", "horizon_hours": 4}'
+
+    async def post(asgi, parts: list[bytes]) -> tuple[int, bytes]:
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+            "scheme": "http", "path": "/forecast", "raw_path": b"/forecast", "query_string": b"",
+            "root_path": "", "headers": [(b"content-type", b"application/json")],
+            "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8000),
+        }  # fmt: skip
+        messages = [{"type": "http.request", "body": p, "more_body": True} for p in parts]
+        answer: dict[str, object] = {}
+
+        async def receive() -> dict[str, object]:
+            if messages:
+                return messages.pop(0)
+            waiting.set()
+            await asyncio.Event().wait()  # the rest of the body never comes
+            return {}
+
+        async def send(message: dict[str, object]) -> None:
+            answer.setdefault(message["type"], message)
+
+        await asgi(scope, receive, send)
+        start, end = answer["http.response.start"], answer["http.response.body"]
+        return int(start["status"]), bytes(end["body"])  # type: ignore[call-overload]
+
+    waiting = asyncio.Event()
+    async with LifespanManager(app) as manager:
+        runtime = app.state.runtime
+        whole = asyncio.create_task(post(manager.app, [body[:10]]))  # more_body stays true: still arriving
+        await until(waiting.is_set, "the handler waiting for the rest of its body")
+        runtime.begin_drain()
+        status, text = await whole
+    assert status == 503 and b"shutting down" in text
