@@ -103,6 +103,16 @@ def check_int(field: str, value: object, minimum: int, maximum: int | None = Non
     return value
 
 
+def check_deadline_ms(field: str, value: object) -> float:
+    """A deadline in milliseconds, as the HTTP API takes it: a finite number in (0, a day], or
+    :class:`InvalidRequest` naming ``field`` (the client's argument, the server's header)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRequest(field, f"must be a number of milliseconds, got {type(value).__name__}")
+    if not (math.isfinite(value) and 0 < value <= MAX_DEADLINE_SECONDS * 1000.0):
+        raise InvalidRequest(field, f"must be in (0, {MAX_DEADLINE_SECONDS * 1000.0:.0f}] ms, got {value!r}")
+    return float(value)
+
+
 # -- model names ---------------------------------------------------------------------------------
 
 

@@ -19,12 +19,12 @@ import orjson
 from ..limits import (
     MAX_ANSWER_VALUES,
     MAX_COVARIATES,
-    MAX_DEADLINE_SECONDS,
     MAX_HORIZON,
     MAX_PRIORITY,
     MAX_QUANTILE_LEVELS,
     MAX_SERIES_POINTS,
     answer_values,
+    check_deadline_ms,
     check_int,
     check_model_name,
     check_time_axis,
@@ -63,15 +63,6 @@ def _iso(value: datetime | str) -> str:
         return value
     # datetime.isoformat, not pandas.Timestamp.isoformat: microseconds at most, as the server parses.
     return datetime.isoformat(value)
-
-
-def _deadline_ms(value: object) -> float:
-    """A deadline in ms, as every server takes it: a finite number in (0, a day]."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"deadline_ms: must be a number of milliseconds, got {type(value).__name__}")
-    if not (math.isfinite(value) and 0 < value <= MAX_DEADLINE_SECONDS * 1000.0):
-        raise ValueError(f"deadline_ms: must be in (0, {MAX_DEADLINE_SECONDS * 1000.0:g}] ms, got {value!r}")
-    return float(value)
 
 
 def forecast_body(
@@ -118,7 +109,7 @@ def forecast_body(
         "seed": seed,
     }
     if deadline_ms is not None:
-        body["deadline_ms"] = _deadline_ms(deadline_ms)
+        body["deadline_ms"] = check_deadline_ms("deadline_ms", deadline_ms)
     if priority is not None:
         body["priority"] = check_int("priority", priority, 1, MAX_PRIORITY)
     if request_id is not None:

@@ -8,10 +8,10 @@ header.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
-from chronoserve.limits import MAX_DEADLINE_SECONDS, MAX_PRIORITY
+from chronoserve.errors import InvalidRequest
+from chronoserve.limits import MAX_PRIORITY, check_deadline_ms
 
 from .errors import HTTPError
 from .schemas import ForecastIn
@@ -30,11 +30,10 @@ def header_defaults(headers: Mapping[str, str], default_deadline_ms: float | Non
     text = headers.get(DEADLINE_HEADER)
     if text is not None:
         try:
-            deadline = float(text)
-        except ValueError:
-            raise _refuse(DEADLINE_HEADER, f"must be a number of milliseconds, got {text[:40]!r}") from None
-        if not (math.isfinite(deadline) and 0 < deadline <= MAX_DEADLINE_SECONDS * 1000.0):
-            raise _refuse(DEADLINE_HEADER, f"must be in (0, {MAX_DEADLINE_SECONDS * 1000.0:g}] ms, got {text[:40]!r}")
+            deadline = check_deadline_ms(DEADLINE_HEADER, float(text))
+        except ValueError as exc:  # not a number, or out of bounds (InvalidRequest is a ValueError)
+            message = exc.message if isinstance(exc, InvalidRequest) else f"must be a number of ms, got {text[:40]!r}"
+            raise _refuse(DEADLINE_HEADER, message) from None
     priority = None
     text = headers.get(PRIORITY_HEADER)
     if text is not None:
