@@ -174,29 +174,25 @@ class DeadlinePolicy(BatchedPolicy):
                 if costs is not None:
                     while len(take) > 1 and not self._fits(model, take, begins, now, costs):
                         take, cut = take[:-1], True
-                oldest = min(r.arrival for r in take)
-                due = oldest + self.max_wait
-                if costs is not None:
-                    deadlines = [r.deadline for r in take if r.deadline is not None]
-                    if deadlines:
-                        due = min(due, min(deadlines) - costs.batch_seconds(model, take) - self.margin)
+                seconds = costs.batch_seconds(model, take) if costs is not None else 0.0
+                deadlines = [r.deadline for r in take if r.deadline is not None]
+                due = min(r.arrival for r in take) + self.max_wait
+                if costs is not None and deadlines:
+                    due = min(due, min(deadlines) - seconds - self.margin)
                 ready = cut or len(take) >= self.max_batch or now >= due or draining
                 if not ready:
                     wake = due if wake is None else min(wake, due)
                     break
                 if len(batches) == slots:
                     return batches, wake
-                if begins > now and any(r.deadline is not None for r in take):
+                if begins > now and deadlines:
                     # No worker free yet: bind it when one is (the most urgent then gets it); look
                     # again when its earliest deadline becomes hopeless, to shed it then.
                     if costs is not None:
-                        hopeless = min(r.deadline for r in take if r.deadline is not None) - costs.batch_seconds(
-                            model, take[:1]
-                        )
+                        hopeless = min(deadlines) - costs.batch_seconds(model, take[:1])
                         wake = hopeless if wake is None else min(wake, hopeless)
                     return batches, wake
                 if costs is not None and self._free_at:
-                    seconds = costs.batch_seconds(model, take)
                     if self._blocks(take, seconds, now):
                         break  # it would leave no worker for tight work: wait for one to free
                     heapq.heapreplace(self._free_at, begins + seconds)
@@ -204,13 +200,18 @@ class DeadlinePolicy(BatchedPolicy):
                 start += len(take)
         return batches, wake
 
-    def _blocks(self, batch: Sequence[QueuedRequest], seconds: float, now: float) -> bool:
-        """A batch of looser work longer than ``block`` x the tightest budget seen lately may not take
-        the last worker that would be free within that time: tight work keeps one."""
-        if len(self._free_at) < 2 or now - self._tight_seen > self.memory or seconds <= self.block * self._tight:
-            return False  # (with one worker there is none to keep)
+    def _too_long(self, batch: Sequence[QueuedRequest], seconds: float, now: float) -> bool:
+        """A batch of looser work than the tightest budget seen lately (``memory``), longer than
+        ``block`` x that budget: a tight request arriving behind it would wait too long."""
+        if now - self._tight_seen > self.memory or seconds <= self.block * self._tight:
+            return False
         budgets = [r.deadline - r.arrival for r in batch if r.deadline is not None]
-        if budgets and min(budgets) <= self._tight:
+        return not budgets or min(budgets) > self._tight
+
+    def _blocks(self, batch: Sequence[QueuedRequest], seconds: float, now: float) -> bool:
+        """A batch :meth:`_too_long` may not take the last worker that would be free within ``block``
+        x the tightest budget: tight work keeps one (with one worker there is none to keep)."""
+        if len(self._free_at) < 2 or not self._too_long(batch, seconds, now):
             return False
         soon = now + self.block * self._tight
         return sum(1 for t in self._free_at if t <= soon) < 2
@@ -218,14 +219,9 @@ class DeadlinePolicy(BatchedPolicy):
     def _fits(
         self, model: str, batch: Sequence[QueuedRequest], begins: float, now: float, costs: CostEstimates
     ) -> bool:
-        """It meets its earliest deadline starting at ``begins``, and, while tighter budgets have been
-        seen lately, takes at most ``block`` x the tightest (a tight request waits at most that)."""
+        """It meets its earliest deadline starting at ``begins`` and is not :meth:`_too_long`."""
         seconds = costs.batch_seconds(model, batch)
         deadlines = [r.deadline for r in batch if r.deadline is not None]
         if deadlines and begins + seconds > min(deadlines):
             return False
-        if now - self._tight_seen > self.memory:
-            return True
-        budgets = [r.deadline - r.arrival for r in batch if r.deadline is not None]
-        own = min(budgets) if budgets else math.inf
-        return own <= self._tight or seconds <= self.block * self._tight
+        return not self._too_long(batch, seconds, now)
