@@ -75,22 +75,17 @@ class Run:
         return slo.goodput if slo is not None else 0.0
 
     def row(self) -> dict[str, Any]:
+        from chronoserve.replay.sweep import load_point
+
         s = self.summary
         slo = s.slo
         return {
             "family": self.family,
             "label": self.label,
-            "factor": self.factor,
-            "offered_per_s": self.offered,
-            "requests": s.requests,
-            "ok": s.ok,
-            "throughput_per_s": s.throughput,
+            **load_point(self.factor, self.offered, s),
             "goodput_per_s": self.goodput,
-            "attainment": slo.overall.attainment if slo else None,
             "outcomes": slo.overall.counts if slo else None,
             "classes": [c.to_dict() for c in slo.classes] if slo else [],
-            "p99_ms": s.percentiles["end_to_end"][99.0] * 1000,
-            "cpu_s_per_forecast": s.cpu_per_forecast,
             "policy": s.meta.get("target", {}).get("policy"),
             "priority1_by_model": self.priority1,
         }

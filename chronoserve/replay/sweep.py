@@ -56,21 +56,24 @@ class SweepPoint:
     summary: Summary
 
     def to_dict(self) -> dict[str, Any]:
-        s = self.summary
-        slo = s.slo
-        return {
-            "policy": self.policy,
-            "factor": self.factor,
-            "offered_per_s": self.offered,
-            "requests": s.requests,
-            "ok": s.ok,
-            "throughput_per_s": s.throughput,
-            "goodput_per_s": slo.goodput if slo is not None else None,
-            "attainment": slo.overall.attainment if slo is not None else None,
-            **{f"{k}": slo.overall.counts[k] if slo is not None else None for k in ("late", "shed", "expired")},
-            "p99_ms": s.percentiles["end_to_end"][99.0] * 1000,
-            "cpu_s_per_forecast": s.cpu_per_forecast,
-        }
+        return {"policy": self.policy, **load_point(self.factor, self.offered, self.summary)}
+
+
+def load_point(factor: float, offered: float, summary: Summary) -> dict[str, Any]:
+    """One replay at one load, as a row: what a sweep (or a bench comparing policies) tabulates."""
+    slo = summary.slo
+    return {
+        "factor": factor,
+        "offered_per_s": offered,
+        "requests": summary.requests,
+        "ok": summary.ok,
+        "throughput_per_s": summary.throughput,
+        "goodput_per_s": slo.goodput if slo is not None else None,
+        "attainment": slo.overall.attainment if slo is not None else None,
+        **{k: slo.overall.counts[k] if slo is not None else None for k in ("late", "shed", "expired")},
+        "p99_ms": summary.percentiles["end_to_end"][99.0] * 1000,
+        "cpu_s_per_forecast": summary.cpu_per_forecast,
+    }
 
 
 def write_sweep(base: Path, points: Sequence[SweepPoint]) -> list[Path]:
