@@ -93,9 +93,10 @@ def check_int(field: str, value: object, minimum: int, maximum: int | None = Non
 
     Any integral type (numpy's too) but ``bool``; never a float or a string.
     """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise InvalidRequest(field, f"must be an integer, got {type(value).__name__}")
-    value = int(value)
+    if type(value) is not int:  # the common case skips the ABC check (bool is not int here)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise InvalidRequest(field, f"must be an integer, got {type(value).__name__}")
+        value = int(value)
     if value < minimum:
         raise InvalidRequest(field, f"must be at least {minimum}, got {value}")
     if maximum is not None and value > maximum:

@@ -95,3 +95,73 @@ async def test_a_body_still_arriving_when_the_drain_begins_gets_503():
         runtime.begin_drain()
         status, text = await whole
     assert status == 503 and b"shutting down" in text
+
+
+# -- interrupting the handler's own task (body.Interrupt) -----------------------------------------
+
+
+async def test_an_interrupt_raises_its_reason_and_leaves_the_task_uncancelled():
+    import asyncio
+
+    from chronoserve.server.body import Interrupt, Interrupted
+
+    async def sleep_until_stopped() -> None:
+        with Interrupt() as stop:
+            asyncio.get_running_loop().call_soon(stop, "timeout")
+            stop("drain")  # the first reason wins; the second call is a no-op
+            await asyncio.sleep(3600)
+
+    async def wait_until_stopped() -> str:
+        with pytest.raises(Interrupted) as raised:
+            await sleep_until_stopped()
+        task = asyncio.current_task()
+        assert task is not None
+        assert getattr(task, "cancelling", lambda: 0)() == 0  # uncancelled: a later timeout scope still works
+        await asyncio.sleep(0)  # and no cancellation is left pending
+        return raised.value.reason
+
+    assert await asyncio.create_task(wait_until_stopped()) == "drain"
+
+
+async def test_a_cancellation_from_elsewhere_passes_through_an_interrupt():
+    import asyncio
+
+    from chronoserve.server.body import Interrupt
+
+    entered = asyncio.Event()
+
+    async def guarded() -> None:
+        with Interrupt():
+            entered.set()
+            await asyncio.sleep(3600)
+
+    task = asyncio.create_task(guarded())
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_an_interrupt_in_the_turn_its_await_finishes_still_wins():
+    """The awaited thing is done, the task is scheduled to resume, and the interrupt lands first:
+    the task learns of it where it resumes, inside the block, so the reason is never lost."""
+    import asyncio
+
+    from chronoserve.server.body import Interrupt, Interrupted
+
+    ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    holder: list[Interrupt] = []
+    entered = asyncio.Event()
+
+    async def guarded() -> str:
+        with Interrupt() as stop:
+            holder.append(stop)
+            entered.set()
+            return await ready
+
+    task = asyncio.create_task(guarded())
+    await entered.wait()
+    ready.set_result("the answer")  # schedules the task's wake-up ...
+    holder[0]("disconnected")  # ... and the interrupt lands before it runs
+    with pytest.raises(Interrupted, match="disconnected"):
+        await task

@@ -20,6 +20,7 @@ from chronoserve.engine import Engine
 from chronoserve.models.base import ModelLoader
 from chronoserve.perf import PREDICTION_FIELDS, CsvMetricsLogger, PredictionRecorder
 
+from .body import BodyReaders
 from .metrics import ServerMetrics
 from .routes import ROUTES, http_exception
 from .runtime import ServerRuntime, ServerSettings, State, warm_up
@@ -53,7 +54,7 @@ def create_app(
             runtime.store = SeriesStore.from_dir(s.data) if s.data else SeriesStore.embedded()
         runtime.metrics = ServerMetrics(lambda: runtime.engine)
         # A fresh state for every start (an app may be started again after a shutdown).
-        runtime.drain_event = asyncio.Event()
+        runtime.readers = BodyReaders()
         runtime.draining, runtime.ready, runtime.warmup_error, runtime._drain_task = False, False, None, None
         if engine is not None:
             engine.add_observer(runtime.metrics)

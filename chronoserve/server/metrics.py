@@ -151,6 +151,16 @@ class ServerMetrics(EngineObserver):
             "chronoserve_cold_starts", "Requests that waited for their model to load.", ["model"], registry=r
         )
         r.register(_EngineState(engine))
+        # labels() hashes and locks on every call: the hot path's children are looked up once.
+        self._http_children: dict[tuple[str, int], Counter] = {}
+        self._model_children: dict[tuple[str, str], tuple[Counter, Histogram, Histogram]] = {}
+
+    def http_answered(self, route: str, status: int) -> None:
+        """Count one answer of ``route`` with ``status``."""
+        child = self._http_children.get((route, status))
+        if child is None:
+            child = self._http_children[(route, status)] = self.http.labels(route, str(status))
+        child.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -164,11 +174,16 @@ class ServerMetrics(EngineObserver):
             self.rejected.labels(reason).inc()
 
     def request_finished(self, model: str, status: str, result: ForecastResult | None) -> None:
-        self.requests.labels(model, status).inc()
+        children = self._model_children.get((model, status))
+        if children is None:
+            children = (self.requests.labels(model, status), self.latency.labels(model), self.queue_time.labels(model))
+            self._model_children[(model, status)] = children
+        requests, latency, queue_time = children
+        requests.inc()
         if result is not None:
             t = result.timings
-            self.latency.labels(model).observe(t.total)
-            self.queue_time.labels(model).observe(t.queue)
+            latency.observe(t.total)
+            queue_time.observe(t.queue)
             if result.cold_start:
                 self.cold_starts.labels(model).inc()
 

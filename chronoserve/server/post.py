@@ -7,7 +7,6 @@ status; every refusal is an :class:`~chronoserve.server.errors.HTTPError`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -16,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .body import ClientGone, read_body
+from .body import ClientGone, Interrupt, Interrupted, read_body
 from .errors import HTTPError, validation_error
 from .runtime import ServerRuntime
 
@@ -30,30 +29,27 @@ class ORJSONResponse(Response):
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
 
 
-async def _until_disconnected(request: Request) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
 async def _unless_disconnected(request: Request, work: Awaitable[Any]) -> Any:
-    """Await ``work``; if the client disconnects first, cancel it (the engine drops queued requests)."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_until_disconnected(request))
+    """Await ``work``; if the client disconnects first, cancel it (the engine drops queued requests).
+
+    The work runs in the handler's own task; one watcher task waits for the disconnect and
+    interrupts it (:class:`~chronoserve.server.body.Interrupt`).
+    """
+    stop = Interrupt()
+    watcher = asyncio.get_running_loop().create_task(_watch(request, stop))
     try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
+        with stop:
+            return await work
+    except Interrupted:
+        raise ClientGone from None
     finally:
         watcher.cancel()
-    if task in done:
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
-    raise ClientGone
+
+
+async def _watch(request: Request, stop: Interrupt) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    stop("disconnected")
 
 
 def runtime_of(request: Request) -> ServerRuntime:
@@ -63,7 +59,7 @@ def runtime_of(request: Request) -> ServerRuntime:
 
 def _json_error(runtime: ServerRuntime, route: str, error: HTTPError) -> ORJSONResponse:
     if runtime.metrics is not None:
-        runtime.metrics.http.labels(route, str(error.status)).inc()
+        runtime.metrics.http_answered(route, error.status)
         if error.status in (413, 415, 422):
             # Every refused body is counted here, whichever layer found the problem (the engine's own
             # invalid-input events are not counted again: see ServerMetrics.request_rejected).
@@ -74,7 +70,7 @@ def _json_error(runtime: ServerRuntime, route: str, error: HTTPError) -> ORJSONR
 
 def ok(runtime: ServerRuntime, route: str, body: Any) -> ORJSONResponse:
     if runtime.metrics is not None:
-        runtime.metrics.http.labels(route, "200").inc()
+        runtime.metrics.http_answered(route, 200)
     return ORJSONResponse(body)
 
 
@@ -102,7 +98,7 @@ async def _parse(request: Request, runtime: ServerRuntime, schema: type[ModelT])
     """Read the body (bounded in size and time) and validate it strictly: no coercion, finite numbers."""
     _check_media_type(request)
     s = runtime.settings
-    raw = await read_body(request, limit=s.max_body_bytes, timeout=s.body_timeout, draining=runtime.drain_event)
+    raw = await read_body(request, limit=s.max_body_bytes, timeout=s.body_timeout, readers=runtime.readers)
     try:
         return schema.model_validate_json(raw)
     except ValidationError as exc:

@@ -20,6 +20,7 @@ from chronoserve.models.base import ModelLoader
 from chronoserve.models.catalog import DEFAULT_MODEL, find_entry
 from chronoserve.settings import EngineSettings
 
+from .body import BodyReaders
 from .metrics import ServerMetrics
 
 logger = logging.getLogger("chronoserve.server")
@@ -78,8 +79,8 @@ class ServerRuntime:
     extra_models: tuple[str, ...] = ()
     """The canonical names of the operator's ``--models``."""
     loop: asyncio.AbstractEventLoop | None = None
-    drain_event: asyncio.Event = field(default_factory=asyncio.Event)
-    """Set when draining begins: requests still sending their body get 503 at once."""
+    readers: BodyReaders = field(default_factory=BodyReaders)
+    """The handlers reading a body: when draining begins they answer 503 at once."""
     _drain_task: asyncio.Task[None] | None = None
 
     def allowed(self, name: str) -> bool:
@@ -95,7 +96,7 @@ class ServerRuntime:
         if self.draining:
             return
         self.draining = True
-        self.drain_event.set()
+        self.readers.drain()
         logger.info("draining: finishing queued requests within %.0f s", self.settings.drain_timeout)
         if self.engine is not None:
             self._drain_task = asyncio.get_running_loop().create_task(

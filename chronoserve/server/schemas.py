@@ -185,12 +185,13 @@ class ForecastIn(BaseModel):
         description="With `target` and `start`: hours between points (at least one second).",
     )
     quantile_levels: list[Annotated[float, Field(gt=0.0, lt=1.0)]] = Field(
-        default=[0.1, 0.5, 0.9],
+        # A factory: pydantic deep-copies a mutable default for every request (the schema still says it).
+        default_factory=lambda: [0.1, 0.5, 0.9],
         min_length=1,
         max_length=MAX_QUANTILE_LEVELS,
         description="Distinct levels in (0, 1).",
         examples=[[0.1, 0.5, 0.9]],
-        json_schema_extra={"uniqueItems": True},
+        json_schema_extra={"uniqueItems": True, "default": [0.1, 0.5, 0.9]},
     )
     seed: int = Field(
         default=0, ge=0, le=MAX_SEED, description="Chronos-T5 sampling seed (other models are deterministic)."
