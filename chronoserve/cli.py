@@ -134,8 +134,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_connections=args.max_connections,
     )
     _check_serve_settings(settings)
-    run(settings, host=args.host, port=args.port, log_level=args.log_level)
-    return 0
+    return run(settings, host=args.host, port=args.port, log_level=args.log_level, http_workers=args.http_workers)
 
 
 def _check_serve_settings(settings: Any) -> None:
@@ -251,6 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     conn.add_argument("--max-header-bytes", type=positive_int, default=16 * 1024, help="request line + headers (16384)")
     conn.add_argument("--max-connections", type=positive_int, default=1000, help="open connections (1000)")
+    serve.add_argument(
+        "--http-workers",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="N > 0: HTTP in N front-end processes sharing the port, the engine in one more process "
+        "(restarted if it dies); 0: everything in one process (default: 0; see docs/http.md)",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     add_engine_options(serve)
     serve.set_defaults(func=cmd_serve)

@@ -328,6 +328,18 @@ class Engine:
             spec = self._specs.get(name)
             if spec is None:
                 spec = await self._resolve(name)
+        except ChronoserveError as exc:
+            self._notify("request_rejected", str(request.model), exc.reason)
+            raise
+        return self.enqueue(request, spec)
+
+    def enqueue(self, request: ForecastRequest, spec: ModelSpec) -> asyncio.Future[ForecastResult]:
+        """:meth:`submit` for a request whose model's spec is known (:meth:`spec`): without awaiting.
+
+        For front ends that take many requests from one loop (the engine process of
+        ``serve --http-workers``): no task per request. Raises what :meth:`submit` raises.
+        """
+        try:
             self._check_load_backoff(spec.name)
             prepared = prepare(request, spec, self.limits)
             budget, priority = check_deadline(request.deadline), check_priority(request.priority)

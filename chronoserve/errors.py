@@ -8,9 +8,23 @@ from __future__ import annotations
 
 
 class ChronoserveError(Exception):
-    """Base class of chronoserve's errors."""
+    """Base class of chronoserve's errors.
+
+    They pickle with their message and attributes (not their constructor's arguments), so an
+    engine in another process raises in the front end exactly what it raised itself.
+    """
 
     reason = "error"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), str(self), dict(self.__dict__)))
+
+
+def _rebuild(cls: type[ChronoserveError], message: str, attributes: dict[str, object]) -> ChronoserveError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(attributes)
+    return error
 
 
 class InvalidRequest(ChronoserveError, ValueError):
@@ -79,6 +93,20 @@ class EngineClosed(ChronoserveError):
     """The engine is closed or closing and accepts no new requests; or it closed before serving this one."""
 
     reason = "engine_closed"
+
+
+class EngineUnavailable(ChronoserveError):
+    """The engine process is not there: starting, restarting after it died, or gone.
+
+    A front-end process (``chronoserve serve --http-workers N``) answers with it (HTTP 503 with
+    ``Retry-After``); requests that were in the engine when it died fail with it too.
+    """
+
+    reason = "engine_unavailable"
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Rejected(ChronoserveError):

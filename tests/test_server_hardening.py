@@ -162,8 +162,12 @@ async def test_a_failing_extra_model_does_not_keep_the_server_from_being_ready()
     loader = fake_loader(fail_load={"/models/mine"})
     s = settings(models=("/models/mine",))
     async with client_for(s, loader=loader, load_retry=(30.0, 300.0)) as client:
-        # the warm-up of the extras runs in the background: wait for its state
-        await until(lambda: loader.loads.get("/models/mine"), "the extra model's load")
+        # the warm-up of the extras runs in the background: wait for its outcome (the load runs in
+        # a thread; its failure is recorded when the thread is done, after the load has started)
+        async def load_failed() -> bool:
+            return bool((await client.get("/readyz")).json().get("failed_models"))
+
+        await until(load_failed, "the extra model's failed load")
         ready = await client.get("/readyz")
         assert ready.status_code == 200
         failed = ready.json()["failed_models"]

@@ -58,3 +58,12 @@ def queue_depth(metrics: str) -> float:
         if family.name == "chronoserve_queue_depth"
         for sample in family.samples
     )
+
+
+def metric_value(metrics: str, sample_name: str, **labels: str) -> float:
+    """The value of one sample (``name_total`` for a counter) with these labels, from a /metrics text; 0 if absent."""
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            if sample.name == sample_name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0

@@ -69,6 +69,7 @@ def create_app(
             runtime.engine.add_observer(PredictionRecorder(predictions))
         runtime.default_model = runtime.engine.canonical(s.default_model)
         runtime.extra_models = tuple(dict.fromkeys(runtime.engine.canonical(m) for m in s.models))
+        runtime.forecaster, runtime.counts = runtime.engine, runtime.metrics
         await runtime.engine.start()
         warm: asyncio.Task[None] | None = None
         if s.warmup:

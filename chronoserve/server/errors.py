@@ -18,6 +18,7 @@ from chronoserve.errors import (
     DeadlineExpired,
     DeadlineUnmeetable,
     EngineClosed,
+    EngineUnavailable,
     InferenceTimeout,
     InvalidRequest,
     ModelLoadError,
@@ -93,6 +94,8 @@ def error_for(exc: BaseException, prefix: list[str | int], field: str | None = N
             "budget_ms": exc.budget * 1000.0,
         }
         return HTTPError(504, [item])
+    if isinstance(exc, EngineUnavailable):
+        return HTTPError(503, str(exc), {"Retry-After": retry_after(exc.retry_after)})
     if isinstance(exc, Rejected):
         return HTTPError(503, str(exc))
     if isinstance(exc, ChronoserveError):

@@ -13,16 +13,16 @@ from collections.abc import Callable
 from typing import Any
 
 from chronoserve.data import SeriesStore
-from chronoserve.engine import Engine
 from chronoserve.errors import InvalidRequest, UnknownModel
 
 from .convert import build_request, http_field, result_body
 from .errors import HTTPError, error_for, invalid
+from .runtime import Forecaster
 from .schemas import ForecastIn, combination_errors
 
 
 async def forecast_item(
-    engine: Engine,
+    engine: Forecaster,
     store: SeriesStore,
     item: ForecastIn,
     prefix: list[str | int],

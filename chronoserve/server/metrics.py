@@ -8,7 +8,7 @@ share counters.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -57,6 +57,15 @@ class _EngineState(Collector):
         yield resident
         yield resident_bytes
         yield running
+
+
+class HTTPCounts(Protocol):
+    """What a front end counts per answer: :class:`ServerMetrics` itself, or (in a front-end
+    process) a forwarder to the engine process's metrics (:class:`~.frontend.CountsForwarder`)."""
+
+    def http_answered(self, route: str, status: int, n: int = 1) -> None: ...
+
+    def refused(self, reason: str, n: int = 1) -> None: ...
 
 
 class ServerMetrics(EngineObserver):
@@ -155,12 +164,16 @@ class ServerMetrics(EngineObserver):
         self._http_children: dict[tuple[str, int], Counter] = {}
         self._model_children: dict[tuple[str, str], tuple[Counter, Histogram, Histogram]] = {}
 
-    def http_answered(self, route: str, status: int) -> None:
-        """Count one answer of ``route`` with ``status``."""
+    def http_answered(self, route: str, status: int, n: int = 1) -> None:
+        """Count ``n`` answers of ``route`` with ``status``."""
         child = self._http_children.get((route, status))
         if child is None:
             child = self._http_children[(route, status)] = self.http.labels(route, str(status))
-        child.inc()
+        child.inc(n)
+
+    def refused(self, reason: str, n: int = 1) -> None:
+        """Count ``n`` requests refused before any work (a bad body, a full queue, ...)."""
+        self.rejected.labels(reason).inc(n)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -58,19 +58,20 @@ def runtime_of(request: Request) -> ServerRuntime:
 
 
 def _json_error(runtime: ServerRuntime, route: str, error: HTTPError) -> ORJSONResponse:
-    if runtime.metrics is not None:
-        runtime.metrics.http_answered(route, error.status)
+    counts = runtime.counts
+    if counts is not None:
+        counts.http_answered(route, error.status)
         if error.status in (413, 415, 422):
             # Every refused body is counted here, whichever layer found the problem (the engine's own
             # invalid-input events are not counted again: see ServerMetrics.request_rejected).
             reason = {413: "body_too_large", 415: "unsupported_media_type"}.get(error.status, "invalid_request")
-            runtime.metrics.rejected.labels("too_costly" if error.kind == "too_costly" else reason).inc()
+            counts.refused("too_costly" if error.kind == "too_costly" else reason)
     return ORJSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
 def ok(runtime: ServerRuntime, route: str, body: Any) -> ORJSONResponse:
-    if runtime.metrics is not None:
-        runtime.metrics.http_answered(route, 200)
+    if runtime.counts is not None:
+        runtime.counts.http_answered(route, 200)
     return ORJSONResponse(body)
 
 

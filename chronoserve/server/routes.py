@@ -34,7 +34,7 @@ from .schemas import BatchIn, ForecastIn, openapi_document
 
 async def _forecast_one(runtime: ServerRuntime, item: ForecastIn, prefix: list[str | int]) -> dict[str, Any]:
     """Forecast one validated item; raises :class:`HTTPError` for every failure."""
-    engine = runtime.engine
+    engine = runtime.forecaster
     if engine is None or runtime.draining:
         raise HTTPError(503, "the server is shutting down", {"Connection": "close"})
     assert runtime.store is not None

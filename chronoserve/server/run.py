@@ -1,87 +1,29 @@
-"""Serving the app with uvicorn, with a drain on SIGTERM/SIGINT.
+"""``chronoserve serve``: the server in this process, or in several (``--http-workers``).
 
-On the first signal the server stops reporting ready (``/readyz`` 503), the engine stops
-accepting requests (503) and runs what is queued for up to ``drain_timeout`` seconds, then
-fails what is left with 503; uvicorn closes the listening socket, waits for the open
-requests to be answered, runs the lifespan's shutdown and the process exits 0. A body still
-arriving at the signal is not waited for: its handler answers 503 at once (see body.py).
-
-Connections are served by the h11 protocol of :mod:`.protocol`, which bounds what a client
-may hold: time to send its headers, their size, idle time between requests, open connections.
+How each process serves and drains is in :mod:`.process`; the processes of
+``--http-workers`` in :mod:`.supervisor`.
 """
 
 from __future__ import annotations
 
-import logging
-import math
-import signal
-from types import FrameType
-
-import uvicorn
-
 from .app import create_app
-from .protocol import guarded_protocol
-from .runtime import ServerRuntime, ServerSettings
-
-logger = logging.getLogger("chronoserve.server")
-
-#: Seconds uvicorn waits for open requests beyond ``drain_timeout`` before it cancels them.
-#: The drain starts at the signal, uvicorn's wait only after up to 0.2 s (its 0.1 s tick and
-#: 0.1 s pause); the requests the engine fails at the end of the drain are answered (503)
-#: just after it, and ``drain_timeout`` is rounded up to whole seconds. 2 s covers all of
-#: that on a loaded machine; without it the handlers answering those 503s would be cancelled
-#: into plain-text 500s at the very moment they answer. (The lifespan's shutdown then waits
-#: for the engine's drain, which past ``drain_timeout`` also stops running batches at their
-#: model's next layer.)
-SHUTDOWN_MARGIN_SECONDS = 2
+from .process import configure_logging, draining_server
+from .runtime import ServerSettings
 
 
-class _DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, runtime: ServerRuntime) -> None:
-        super().__init__(config)
-        self.runtime = runtime
+def run(
+    settings: ServerSettings,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "info",
+    http_workers: int = 0,
+) -> int:
+    """Serve until SIGTERM/SIGINT; the exit status. ``http_workers`` > 0: that many front-end
+    processes and one engine process (:mod:`.supervisor`); 0: everything in this process."""
+    configure_logging(log_level)
+    if http_workers > 0:
+        from .supervisor import Supervisor
 
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        # A signal handler (signal.signal): it interrupts the loop thread anywhere, so the drain
-        # is scheduled on the loop rather than started here.
-        loop = self.runtime.loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self.runtime.begin_drain)
-        super().handle_exit(sig, frame)
-        if sig == signal.SIGTERM:
-            # uvicorn re-raises captured signals after shutting down, which would end the process
-            # with -SIGTERM; a drained SIGTERM is a clean exit (status 0).
-            self._captured_signals.remove(sig)
-
-
-def _configure_logging(log_level: str) -> None:
-    """chronoserve's own log lines (ready, draining, load failures) beside uvicorn's, in its style."""
-    root = logging.getLogger("chronoserve")
-    root.setLevel(log_level.upper())
-    if not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
-        root.addHandler(handler)
-
-
-def run(settings: ServerSettings, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
-    _configure_logging(log_level)
-    app = create_app(settings)
-    runtime: ServerRuntime = app.state.runtime
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        lifespan="on",
-        # Our h11 protocol with the connection limits (see protocol.py); a class here also keeps
-        # uvicorn from picking httptools, which would bypass them.
-        http=guarded_protocol(settings),
-        timeout_keep_alive=math.ceil(settings.keep_alive_timeout),
-        # h11's own limit on an incomplete head: a backstop behind the protocol's 431.
-        h11_max_incomplete_event_size=settings.max_header_bytes,
-        timeout_graceful_shutdown=math.ceil(settings.drain_timeout) + SHUTDOWN_MARGIN_SECONDS,
-        access_log=log_level == "debug",
-    )
-    server = _DrainingServer(config, runtime)
-    server.run()
+        return Supervisor(settings, host, port, log_level, http_workers).run()
+    draining_server(create_app(settings), settings, log_level, host=host, port=port).run()
+    return 0

@@ -11,17 +11,18 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import Any, Protocol, TypedDict
 
 from chronoserve.data import SeriesStore
 from chronoserve.engine import Engine
 from chronoserve.errors import ChronoserveError, ModelLoadError
 from chronoserve.models.base import ModelLoader
 from chronoserve.models.catalog import DEFAULT_MODEL, find_entry
+from chronoserve.request import ForecastRequest, ForecastResult
 from chronoserve.settings import EngineSettings
 
 from .body import BodyReaders
-from .metrics import ServerMetrics
+from .metrics import HTTPCounts, ServerMetrics
 
 logger = logging.getLogger("chronoserve.server")
 
@@ -62,6 +63,15 @@ class ServerSettings:
     """Open connections beyond this are answered 503 with ``Retry-After`` and closed."""
 
 
+class Forecaster(Protocol):
+    """What the forecast routes need from an engine: :class:`~chronoserve.engine.Engine` itself,
+    or in a front-end process the engine process (:class:`~chronoserve.server.frontend.RemoteEngine`)."""
+
+    def canonical(self, name: object) -> str: ...
+
+    async def forecast(self, request: ForecastRequest) -> ForecastResult: ...
+
+
 @dataclass
 class ServerRuntime:
     """What the handlers share: settings, engine, series, metrics, and the server's state."""
@@ -71,6 +81,10 @@ class ServerRuntime:
     store: SeriesStore | None = None
     engine: Engine | None = None
     metrics: ServerMetrics | None = None
+    forecaster: Forecaster | None = None
+    """Where forecasts go: ``engine``, or the engine process of a front end."""
+    counts: HTTPCounts | None = None
+    """Where HTTP answers are counted: ``metrics``, or the engine process's metrics."""
     ready: bool = False
     draining: bool = False
     warmup_error: str | None = None

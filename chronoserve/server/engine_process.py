@@ -1,0 +1,220 @@
+"""The engine process of ``chronoserve serve --http-workers N``: one engine, served to the front ends.
+
+It runs the whole app of :func:`~chronoserve.server.create_app` (engine, warm-up, metrics,
+drain), but no HTTP server: :class:`EngineServer` takes the front ends' frames from a ZeroMQ
+ROUTER socket (:mod:`.wire`) and
+
+- submits each forecast to the engine and answers when its future settles (no task per
+  request once the model's spec is known), cancelling it when the front end says its client left;
+- runs every other route (``/models``, ``/readyz``, ``/metrics``, ...) through the app itself,
+  called in-process as ASGI, so each route has one implementation whatever the process layout;
+- adds the front ends' HTTP counts to the app's metrics.
+
+On SIGTERM it drains as the one-process server does (stop accepting, run what is queued
+within ``--drain-timeout``, fail the rest with 503), answers everything, then exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Mapping, MutableMapping
+from functools import partial
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from starlette.applications import Starlette
+
+import chronoserve.server.wire as wire
+from chronoserve.errors import ChronoserveError, EngineClosed
+from chronoserve.request import ForecastRequest, ForecastResult
+
+from .runtime import ServerRuntime, ServerSettings
+
+logger = logging.getLogger("chronoserve.server")
+
+#: Milliseconds a closing socket keeps trying to deliver the last answers.
+LINGER_MS = 2000
+
+
+class EngineServer:
+    """Serve ``app``'s engine to front-end processes on ``address`` (``ipc://...``)."""
+
+    def __init__(self, app: Starlette, state: Mapping[str, Any], address: str) -> None:
+        self.app = app
+        self.state = dict(state)
+        self.runtime: ServerRuntime = state["runtime"]
+        self.address = address
+        self._context = zmq.asyncio.Context()
+        self._socket = self._context.socket(zmq.ROUTER)
+        for option, value in ((zmq.SNDHWM, 0), (zmq.RCVHWM, 0), (zmq.LINGER, LINGER_MS)):
+            self._socket.setsockopt(option, value)
+        self._socket.bind(address)
+        self._running: dict[tuple[bytes, int], asyncio.Future[ForecastResult]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def serve(self) -> None:
+        """Take frames until cancelled."""
+        while True:
+            peer, data = await self._socket.recv_multipart()
+            try:
+                frame = wire.loads(data)
+                op, call = frame[0], frame[1]
+            except Exception:
+                logger.exception("unreadable frame from a front end (%d bytes): dropped", len(data))
+                continue
+            if op == wire.FORECAST:
+                self._forecast(peer, call, frame[2])
+            elif op == wire.CANCEL:
+                future = self._running.pop((peer, call), None)
+                if future is not None:
+                    future.cancel()
+            elif op == wire.HTTP:
+                self._spawn(self._http(peer, call, *frame[2:]))
+            elif op == wire.COUNTS:
+                self._count(frame[2], frame[3])
+
+    def close(self) -> None:
+        self._socket.close(linger=LINGER_MS)
+        self._context.term()
+
+    # -- forecasts ------------------------------------------------------------------------
+
+    def _forecast(self, peer: bytes, call: int, values: Mapping[str, Any]) -> None:
+        engine = self.runtime.engine
+        try:
+            request = wire.unpack_request(values)
+            if engine is None:
+                raise EngineClosed("the engine is not running")
+            name = engine.canonical(request.model)
+        except Exception as exc:  # an engine error, or a frame that is not a request
+            self._send(peer, [call, wire.ERROR, wire.pack_error(exc)])
+            return
+        spec = engine.spec(name)
+        if spec is None:
+            self._spawn(self._submit(peer, call, request))  # resolving the name may take a while
+            return
+        try:
+            future = engine.enqueue(request, spec)  # no task per request
+        except ChronoserveError as exc:
+            self._send(peer, [call, wire.ERROR, wire.pack_error(exc)])
+            return
+        self._follow(peer, call, future)
+
+    async def _submit(self, peer: bytes, call: int, request: ForecastRequest) -> None:
+        engine = self.runtime.engine
+        assert engine is not None
+        try:
+            future = await engine.submit(request)
+        except ChronoserveError as exc:
+            self._send(peer, [call, wire.ERROR, wire.pack_error(exc)])
+            return
+        self._follow(peer, call, future)
+
+    def _follow(self, peer: bytes, call: int, future: asyncio.Future[ForecastResult]) -> None:
+        self._running[(peer, call)] = future
+        future.add_done_callback(partial(self._answer, peer, call))
+
+    def _answer(self, peer: bytes, call: int, future: asyncio.Future[ForecastResult]) -> None:
+        cancelled = self._running.pop((peer, call), None) is None  # the front end cancelled it
+        if future.cancelled():
+            if not cancelled:
+                self._send(peer, [call, wire.ERROR, wire.pack_error(EngineClosed("the request was cancelled"))])
+            return
+        error = future.exception()
+        if error is not None:
+            self._send(peer, [call, wire.ERROR, wire.pack_error(error)])
+        else:
+            self._send(peer, [call, wire.OK, wire.pack_result(future.result())])
+
+    # -- everything else -------------------------------------------------------------------
+
+    async def _http(
+        self, peer: bytes, call: int, method: str, path: str, query: bytes, headers: list[list[bytes]], body: bytes
+    ) -> None:
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+            "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": query, "root_path": "",
+            "headers": [(k, v) for k, v in headers], "client": None, "server": None, "state": dict(self.state),
+        }  # fmt: skip
+        answer: dict[str, Any] = {"status": 500, "headers": [], "body": []}
+        sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                await asyncio.Event().wait()  # the caller is the front end: it never disconnects here
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                answer["status"] = message["status"]
+                answer["headers"] = [list(h) for h in message.get("headers", [])]
+            elif message["type"] == "http.response.body":
+                answer["body"].append(message.get("body", b""))
+
+        try:
+            await self.app(scope, receive, send)
+        except Exception:
+            logger.exception("%s %s failed in the engine process", method, path)
+        self._send(peer, [call, wire.HTTP, answer["status"], answer["headers"], b"".join(answer["body"])])
+
+    def _count(self, http: list[list[Any]], refused: list[list[Any]]) -> None:
+        metrics = self.runtime.metrics
+        if metrics is None:
+            return
+        for route, status, n in http:
+            metrics.http_answered(route, status, n)
+        for reason, n in refused:
+            metrics.refused(reason, n)
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _send(self, peer: bytes, frame: list[object]) -> None:
+        try:
+            self._socket.send_multipart([peer, wire.dumps(frame)])
+        except zmq.ZMQError:  # closing: the front end fails what it still waits for
+            logger.debug("answer to a front end dropped: the socket is closed")
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+async def serve_engine(settings: ServerSettings, address: str) -> None:
+    """Run the engine process until SIGTERM or SIGINT, then drain and return."""
+    from .app import create_app
+
+    app = create_app(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with app.router.lifespan_context(app) as state:
+        assert state is not None
+        server = EngineServer(app, state, address)
+        serving = loop.create_task(server.serve())
+        logger.info("engine process serving on %s", address)
+        try:
+            await stop.wait()
+            runtime: ServerRuntime = state["runtime"]
+            runtime.begin_drain()
+            await runtime.finish()  # every accepted request is answered (or failed with 503)
+            # Forwarded routes still running (a /metrics scrape) get their answers out.
+            await asyncio.sleep(0)
+        finally:
+            serving.cancel()
+            server.close()
+
+
+def engine_main(settings: ServerSettings, address: str, log_level: str) -> None:
+    """The engine process's entry point (a fresh interpreter: ``multiprocessing`` spawn)."""
+    from .process import configure_logging, exit_with_parent
+
+    configure_logging(log_level, role="engine")
+    exit_with_parent()
+    asyncio.run(serve_engine(settings, address))

@@ -1,0 +1,106 @@
+"""What every server process runs: chronoserve's log lines, uvicorn with the drain, and (in a
+child of ``serve --http-workers``) exiting with its parent.
+
+On the first signal the server stops reporting ready (``/readyz`` 503), the engine stops
+accepting requests (503) and runs what is queued for up to ``drain_timeout`` seconds, then
+fails what is left with 503; uvicorn closes the listening socket, waits for the open
+requests to be answered, runs the lifespan's shutdown and the process exits 0. A body still
+arriving at the signal is not waited for: its handler answers 503 at once (see body.py).
+
+Connections are served by the h11 protocol of :mod:`.protocol`, which bounds what a client
+may hold: time to send its headers, their size, idle time between requests, open connections.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from starlette.types import ASGIApp
+
+from .protocol import guarded_protocol
+from .runtime import ServerRuntime, ServerSettings
+
+logger = logging.getLogger("chronoserve.server")
+
+#: Seconds uvicorn waits for open requests beyond ``drain_timeout`` before it cancels them.
+#: The drain starts at the signal, uvicorn's wait only after up to 0.2 s (its 0.1 s tick and
+#: 0.1 s pause); the requests the engine fails at the end of the drain are answered (503)
+#: just after it, and ``drain_timeout`` is rounded up to whole seconds. 2 s covers all of
+#: that on a loaded machine; without it the handlers answering those 503s would be cancelled
+#: into plain-text 500s at the very moment they answer. (The lifespan's shutdown then waits
+#: for the engine's drain, which past ``drain_timeout`` also stops running batches at their
+#: model's next layer.)
+SHUTDOWN_MARGIN_SECONDS = 2
+
+
+class _DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, runtime: ServerRuntime) -> None:
+        super().__init__(config)
+        self.runtime = runtime
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # A signal handler (signal.signal): it interrupts the loop thread anywhere, so the drain
+        # is scheduled on the loop rather than started here.
+        loop = self.runtime.loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.runtime.begin_drain)
+        super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM:
+            # uvicorn re-raises captured signals after shutting down, which would end the process
+            # with -SIGTERM; a drained SIGTERM is a clean exit (status 0).
+            self._captured_signals.remove(sig)
+
+
+def configure_logging(log_level: str, role: str | None = None) -> None:
+    """chronoserve's own log lines (ready, draining, load failures) beside uvicorn's, in its style.
+
+    ``role`` names the process in every line when the server runs in several (``engine``, ``http-0``).
+    """
+    root = logging.getLogger("chronoserve")
+    root.setLevel(log_level.upper())
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        who = f"[{role}] " if role else ""
+        handler.setFormatter(logging.Formatter(f"%(levelname)s:     {who}%(message)s"))
+        root.addHandler(handler)
+
+
+def draining_server(app: ASGIApp, settings: ServerSettings, log_level: str, **where: Any) -> uvicorn.Server:
+    """uvicorn serving ``app`` (whose ``state.runtime`` drains on the first signal) with the connection limits."""
+    runtime: ServerRuntime = app.state.runtime  # type: ignore[attr-defined]
+    config = uvicorn.Config(
+        app,
+        log_level=log_level,
+        lifespan="on",
+        # Our h11 protocol with the connection limits (see protocol.py); a class here also keeps
+        # uvicorn from picking httptools, which would bypass them.
+        http=guarded_protocol(settings),
+        timeout_keep_alive=math.ceil(settings.keep_alive_timeout),
+        # h11's own limit on an incomplete head: a backstop behind the protocol's 431.
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+        timeout_graceful_shutdown=math.ceil(settings.drain_timeout) + SHUTDOWN_MARGIN_SECONDS,
+        access_log=log_level == "debug",
+        **where,
+    )
+    return _DrainingServer(config, runtime)
+
+
+def exit_with_parent(interval: float = 1.0) -> None:
+    """In a child: drain (SIGTERM to itself) if the supervisor dies, rather than hold the port as an orphan."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        logger.error("the supervisor process (pid %d) is gone: draining", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="chronoserve-parent-watch", daemon=True).start()

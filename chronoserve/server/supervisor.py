@@ -1,0 +1,186 @@
+"""``chronoserve serve --http-workers N``: N front-end processes, one engine process, this one watching.
+
+This process binds the listening socket and starts (with ``multiprocessing``'s spawn, fresh
+interpreters):
+
+- the **engine process** (:mod:`.engine_process`): the models, the policy, the metrics, one
+  engine that sees every request, so batching is whole and nothing is loaded twice;
+- N **front-end processes** (:mod:`.frontend`) sharing the socket (the kernel spreads the
+  connections): uvicorn, validation and answers, talking to the engine over ZeroMQ ``ipc://``
+  in a directory only this user can open.
+
+It restarts a process that dies (after a pause that doubles while it keeps dying young, up to
+:data:`MAX_BACKOFF_SECONDS`); the front ends fail what the dead engine held with 503 and
+answer 503 ``engine_unavailable`` until it is back. On SIGTERM or SIGINT every process drains
+as the one-process server does (stop accepting, finish queued work within
+``--drain-timeout``, answer every open request) and this one exits 0 once they all have.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
+from types import FrameType
+from typing import Any
+
+from .runtime import ServerSettings
+
+logger = logging.getLogger("chronoserve.server")
+
+#: A process that ran this long before it died is restarted at once; younger, after a pause.
+HEALTHY_SECONDS = 30.0
+MAX_BACKOFF_SECONDS = 30.0
+#: Seconds beyond the drain timeout that the supervisor waits for its processes at shutdown.
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+@dataclass
+class _Child:
+    name: str
+    start: Callable[[], BaseProcess]
+    process: BaseProcess | None = None
+    started_at: float = 0.0
+    failures: int = 0
+    restart_at: float | None = None
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A bound TCP socket the front ends share (each listens on it; the kernel spreads connections)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+class Supervisor:
+    """Start, watch, restart and finally drain the engine process and the front-end processes."""
+
+    def __init__(self, settings: ServerSettings, host: str, port: int, log_level: str, http_workers: int) -> None:
+        if http_workers < 1:
+            raise ValueError(f"http_workers must be at least 1, not {http_workers}")
+        self.settings = settings
+        self.host = host
+        self.port = port
+        self.log_level = log_level
+        self.http_workers = http_workers
+        self._stopping = False
+
+    def run(self) -> int:
+        """Serve until a signal; the exit status (0 after a drain)."""
+        from .engine_process import engine_main
+        from .frontend import frontend_main
+
+        spawn = multiprocessing.get_context("spawn")
+        sock = listening_socket(self.host, self.port)
+        host, port = sock.getsockname()[:2]
+        directory = tempfile.mkdtemp(prefix="chronoserve-")  # mode 0700: only this user reaches the engine
+        address = f"ipc://{os.path.join(directory, 'engine.ipc')}"
+        s, level = self.settings, self.log_level
+
+        def engine() -> BaseProcess:
+            return spawn.Process(target=engine_main, args=(s, address, level), name="chronoserve-engine")
+
+        def frontend(i: int) -> Callable[[], BaseProcess]:
+            return lambda: spawn.Process(
+                target=frontend_main, args=(s, address, [sock], level, i), name=f"chronoserve-http-{i}"
+            )
+
+        children = [_Child("engine", engine)] + [_Child(f"http-{i}", frontend(i)) for i in range(self.http_workers)]
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        logger.info(
+            "serving on http://%s:%d with %d front-end process(es) and one engine process",
+            host,
+            port,
+            self.http_workers,
+        )
+        try:
+            for child in children:
+                self._start(child)
+            while not self._stopping:
+                self._watch(children)
+            return self._shut_down(children)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            sock.close()
+            shutil.rmtree(directory, ignore_errors=True)
+
+    def _on_signal(self, sig: int, frame: FrameType | None) -> None:
+        self._stopping = True
+
+    def _start(self, child: _Child) -> None:
+        child.process = child.start()
+        child.process.start()
+        child.started_at = time.monotonic()
+        child.restart_at = None
+        logger.info("started the %s process (pid %s)", child.name, child.process.pid)
+
+    def _watch(self, children: list[_Child]) -> None:
+        now = time.monotonic()
+        for child in children:
+            if child.restart_at is not None and now >= child.restart_at and not self._stopping:
+                self._start(child)
+        alive = [c.process.sentinel for c in children if c.process is not None and c.restart_at is None]
+        multiprocessing.connection.wait(alive, timeout=0.2)
+        for child in children:
+            process = child.process
+            if process is None or child.restart_at is not None or process.is_alive() or self._stopping:
+                continue
+            lived = time.monotonic() - child.started_at
+            child.failures = 0 if lived >= HEALTHY_SECONDS else child.failures + 1
+            pause = 0.0 if child.failures == 0 else min(MAX_BACKOFF_SECONDS, 0.5 * 2**child.failures)
+            logger.error(
+                "the %s process (pid %s) exited with %s after %.1f s; restarting it%s",
+                child.name,
+                process.pid,
+                _status(process.exitcode),
+                lived,
+                f" in {pause:.1f} s" if pause else "",
+            )
+            child.restart_at = time.monotonic() + pause
+
+    def _shut_down(self, children: list[_Child]) -> int:
+        """Every process drains at once: the front ends answer what they hold, the engine runs its queue."""
+        logger.info("draining: %d process(es)", len(children))
+        running = [c.process for c in children if c.process is not None and c.process.is_alive()]
+        for process in running:
+            _signal(process, signal.SIGTERM)
+        deadline = time.monotonic() + self.settings.drain_timeout + SHUTDOWN_GRACE_SECONDS
+        status = 0
+        for process in running:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                logger.error("the %s process did not stop in time: killed", process.name)
+                process.kill()
+                process.join()
+                status = 1
+            elif process.exitcode not in (0, -signal.SIGINT):
+                logger.error("the %s process exited with %s while draining", process.name, _status(process.exitcode))
+                status = 1
+        logger.info("all processes stopped")
+        return status
+
+
+def _signal(process: BaseProcess, sig: int) -> None:
+    if process.pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, sig)
+
+
+def _status(code: Any) -> str:
+    if isinstance(code, int) and code < 0:
+        return f"signal {signal.Signals(-code).name}"
+    return f"status {code}"
