@@ -273,3 +273,18 @@ async def test_an_engine_that_dies_fails_what_it_held_with_503_and_is_used_again
         await until(runtime.forecaster.connected.is_set, "the front end reconnected")
         r = await client.post("/forecast", json=BODY)
         assert r.status_code == 200, r.text
+
+
+async def test_the_server_cpu_counts_the_front_ends_and_never_goes_back(tmp_path):
+    async with pair(tmp_path) as (both, client, runtime):
+        runtime.counts.flush()
+        scrape = (await client.get("/metrics")).text
+        total = metric_value(scrape, "chronoserve_server_cpu_seconds_total")
+        assert total > 0
+        cpu = both._engine_app.state.runtime.metrics.server_cpu
+        assert set(cpu.others) == {"http-0"}  # the front end reported (this test's two apps share a process)
+        cpu.report("http-0", cpu.others["http-0"] + 5.0)
+        after = metric_value((await client.get("/metrics")).text, "chronoserve_server_cpu_seconds_total")
+        assert after >= total + 5.0
+        cpu.report("http-0", 0.1)  # restarted: what it had used stays counted
+        assert cpu.gone >= 5.0

@@ -175,3 +175,17 @@ def test_cli_load_sweep_on_a_tiny_real_model(tmp_path, capsys):
     assert float(rows[2]["offered_per_s"]) == doubled
     assert all(int(r["requests"]) == 10 for r in rows)
     assert (out / "x2" / "deadline" / "summary.json").exists() and (out / "sweep.png").exists()
+
+
+async def test_the_replayer_prefers_the_whole_servers_cpu_to_one_processs():
+    text = "process_cpu_seconds_total 2.5\nchronoserve_server_cpu_seconds_total 7.25\n"
+    only_process = "process_cpu_seconds_total 2.5\n"
+
+    def answer(body: str) -> httpx.MockTransport:
+        return httpx.MockTransport(lambda request: httpx.Response(200, text=body))
+
+    for body, expected in ((text, 7.25), (only_process, 2.5), ("nothing here\n", None)):
+        target = HTTPTarget("http://server", transport=answer(body))
+        await target.start()
+        assert await target.cpu_seconds() == expected
+        await target.close()

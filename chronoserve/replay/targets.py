@@ -174,7 +174,8 @@ class HTTPTarget(Target):
             await self.client.aclose()
 
     async def cpu_seconds(self) -> float | None:
-        """The server process's ``process_cpu_seconds_total`` from its ``/metrics`` (None if absent)."""
+        """The server's CPU seconds from its ``/metrics`` (None if absent): every process of it
+        (``chronoserve_server_cpu_seconds_total``), else its one process's ``process_cpu_seconds_total``."""
         assert self.client is not None, "call start() first"
         try:
             response = await self.client.get("/metrics")
@@ -182,13 +183,15 @@ class HTTPTarget(Target):
             return None
         if response.status_code != 200:
             return None
+        found: dict[str, float] = {}
         for line in response.text.splitlines():
-            if line.startswith("process_cpu_seconds_total "):
+            name, _, value = line.partition(" ")
+            if name in ("chronoserve_server_cpu_seconds_total", "process_cpu_seconds_total"):
                 try:
-                    return float(line.split()[1])
+                    found[name] = float(value.split()[0])
                 except (IndexError, ValueError):
-                    return None
-        return None
+                    continue
+        return found.get("chronoserve_server_cpu_seconds_total", found.get("process_cpu_seconds_total"))
 
     def describe(self) -> dict[str, Any]:
         return {"label": self.label, "mode": "http", "url": self.url}

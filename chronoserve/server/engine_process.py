@@ -74,7 +74,7 @@ class EngineServer:
             elif op == wire.HTTP:
                 self._spawn(self._http(peer, call, *frame[2:]))
             elif op == wire.COUNTS:
-                self._count(frame[2], frame[3])
+                self._count(*frame[2:6])
 
     def close(self) -> None:
         self._socket.close(linger=LINGER_MS)
@@ -162,10 +162,11 @@ class EngineServer:
             logger.exception("%s %s failed in the engine process", method, path)
         self._send(peer, [call, wire.HTTP, answer["status"], answer["headers"], b"".join(answer["body"])])
 
-    def _count(self, http: list[list[Any]], refused: list[list[Any]]) -> None:
+    def _count(self, http: list[list[Any]], refused: list[list[Any]], process: str, cpu: float) -> None:
         metrics = self.runtime.metrics
         if metrics is None:
             return
+        metrics.server_cpu.report(process, cpu)
         for route, status, n in http:
             metrics.http_answered(route, status, n)
         for reason, n in refused:

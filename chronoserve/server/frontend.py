@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -166,10 +167,12 @@ class RemoteEngine:
 
 class CountsForwarder:
     """The front end's HTTP counts (:class:`~.metrics.HTTPCounts`), added up here and sent to the
-    engine process's metrics every :data:`COUNTS_FLUSH_SECONDS` (one frame, not one per request)."""
+    engine process's metrics every :data:`COUNTS_FLUSH_SECONDS` (one frame, not one per request),
+    with the process's CPU seconds (``chronoserve_server_cpu_seconds_total``)."""
 
-    def __init__(self, engine: RemoteEngine) -> None:
+    def __init__(self, engine: RemoteEngine, name: str) -> None:
         self.engine = engine
+        self.name = name
         self._http: dict[tuple[str, int], int] = {}
         self._refused: dict[str, int] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -190,12 +193,10 @@ class CountsForwarder:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if not self._http and not self._refused:
-            return
         http = [[route, status, n] for (route, status), n in self._http.items()]
         refused = [[reason, n] for reason, n in self._refused.items()]
         self._http, self._refused = {}, {}
-        self.engine.send([wire.COUNTS, 0, http, refused])
+        self.engine.send([wire.COUNTS, 0, http, refused, self.name, time.process_time()])
 
 
 async def forward(request: Request) -> Response:
@@ -229,8 +230,10 @@ async def forward(request: Request) -> Response:
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
-def create_frontend_app(settings: ServerSettings, address: str, *, store: SeriesStore | None = None) -> Starlette:
-    """The ASGI app of one front-end process, talking to the engine process at ``address``."""
+def create_frontend_app(
+    settings: ServerSettings, address: str, *, store: SeriesStore | None = None, name: str = "http-0"
+) -> Starlette:
+    """The ASGI app of front-end process ``name``, talking to the engine process at ``address``."""
     runtime = ServerRuntime(settings, store=store)
 
     @contextlib.asynccontextmanager
@@ -243,7 +246,7 @@ def create_frontend_app(settings: ServerSettings, address: str, *, store: Series
         runtime.default_model = loader.canonical(s.default_model)
         runtime.extra_models = tuple(dict.fromkeys(loader.canonical(m) for m in s.models))
         remote = RemoteEngine(address, loader)
-        runtime.forecaster, runtime.counts = remote, CountsForwarder(remote)
+        runtime.forecaster, runtime.counts = remote, CountsForwarder(remote, name)
         runtime.ready = True  # readiness is the engine's: /readyz is forwarded
         await remote.start()
         try:
@@ -270,6 +273,6 @@ def frontend_main(settings: ServerSettings, address: str, sockets: list[Any], lo
 
     configure_logging(log_level, role=f"http-{index}")
     exit_with_parent()
-    app = create_frontend_app(settings, address)
+    app = create_frontend_app(settings, address, name=f"http-{index}")
     server = draining_server(app, settings, log_level)
     server.run(sockets=sockets)

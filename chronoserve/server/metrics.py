@@ -7,11 +7,12 @@ share counters.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from chronoserve.events import EngineObserver
@@ -24,6 +25,35 @@ if TYPE_CHECKING:
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 ERROR_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
+
+
+class _ServerCPU(Collector):
+    """``chronoserve_server_cpu_seconds_total``: CPU seconds of every process of the server.
+
+    This process's own, plus what the front-end processes of ``serve --http-workers`` last
+    reported (and what the ones since restarted had used, so the total never goes back).
+    """
+
+    def __init__(self) -> None:
+        self.others: dict[str, float] = {}
+        self.gone = 0.0
+
+    def report(self, process: str, seconds: float) -> None:
+        """``process`` (a front end's name) has used ``seconds``; less than before: it was restarted."""
+        before = self.others.get(process, 0.0)
+        if seconds < before:
+            self.gone += before
+        self.others[process] = seconds
+
+    def collect(self) -> Iterator[Metric]:
+        own = time.process_time()
+        total = CounterMetricFamily(
+            "chronoserve_server_cpu_seconds",
+            "CPU seconds of every process of the server: this one and, with --http-workers, the front ends "
+            "(process_cpu_seconds_total is this process alone).",
+        )
+        total.add_metric([], own + self.gone + sum(self.others.values()))
+        yield total
 
 
 class _EngineState(Collector):
@@ -160,6 +190,8 @@ class ServerMetrics(EngineObserver):
             "chronoserve_cold_starts", "Requests that waited for their model to load.", ["model"], registry=r
         )
         r.register(_EngineState(engine))
+        self.server_cpu = _ServerCPU()
+        r.register(self.server_cpu)
         # labels() hashes and locks on every call: the hot path's children are looked up once.
         self._http_children: dict[tuple[str, int], Counter] = {}
         self._model_children: dict[tuple[str, str], tuple[Counter, Histogram, Histogram]] = {}

@@ -10,7 +10,8 @@ From a front end (DEALER) to the engine (ROUTER)::
     [FORECAST, id, request]          a ForecastRequest as a dict (:func:`pack_request`)
     [CANCEL, id]                     the client left: drop the request if it has not run
     [HTTP, id, method, path, query, headers, body]   any other route, run by the engine's app
-    [COUNTS, 0, {route/status: n}, {reason: n}]      the front end's HTTP counts, for /metrics
+    [COUNTS, 0, [[route, status, n]], [[reason, n]], name, cpu]   a front end's HTTP counts
+                                     and CPU seconds, for /metrics
 
 From the engine back::
 
