@@ -49,9 +49,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         s = runtime.settings
-        runtime.loop = asyncio.get_running_loop()
-        if runtime.store is None:
-            runtime.store = SeriesStore.from_dir(s.data) if s.data else SeriesStore.embedded()
+        runtime.start()
         runtime.metrics = ServerMetrics(lambda: runtime.engine)
         # A fresh state for every start (an app may be started again after a shutdown).
         runtime.readers = BodyReaders()

@@ -239,9 +239,7 @@ def create_frontend_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         s = runtime.settings
-        runtime.loop = asyncio.get_running_loop()
-        if runtime.store is None:
-            runtime.store = SeriesStore.from_dir(s.data) if s.data else SeriesStore.embedded()
+        runtime.start()
         loader = s.engine.loader()  # names only: no torch in a front end
         runtime.default_model = loader.canonical(s.default_model)
         runtime.extra_models = tuple(dict.fromkeys(loader.canonical(m) for m in s.models))

@@ -105,6 +105,13 @@ class ServerRuntime:
         """
         return name == self.default_model or name in self.extra_models or find_entry(name) is not None
 
+    def start(self) -> None:
+        """At the start of the app's lifespan: the running loop, and the series (unless given)."""
+        self.loop = asyncio.get_running_loop()
+        if self.store is None:
+            s = self.settings
+            self.store = SeriesStore.from_dir(s.data) if s.data else SeriesStore.embedded()
+
     def begin_drain(self) -> None:
         """Stop accepting (readyz 503), run what is queued within the drain timeout, fail the rest with 503."""
         if self.draining:
