@@ -107,7 +107,19 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--workers", type=positive_int, default=None, help="inference threads (default: 2)")
     group.add_argument("--torch-threads", type=positive_int, default=None, help="torch threads per worker")
     group.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    group.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model dtype")
+    group.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "int8"],
+        help="model dtype; int8: dynamic quantisation of the Linear layers (answers change: docs/backends.md)",
+    )
+    group.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "onnx"],
+        help="what runs the models: torch (eager PyTorch) or onnx (ONNX Runtime: exported once per model and "
+        "cached, torch where it cannot serve; needs chronoserve[onnx]; docs/backends.md)",
+    )
     group.add_argument(
         "--profile", default=None, help="profile.json from `chronoserve profile`: the cost model starts from it"
     )
@@ -144,6 +156,7 @@ def engine_settings(args: argparse.Namespace, **more: Any) -> EngineSettings:
         torch_threads=args.torch_threads,
         device=args.device,
         dtype=args.dtype,
+        backend=args.backend,
         profile=profile,
         **more,
     )

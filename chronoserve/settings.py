@@ -4,11 +4,12 @@ Built once, from the command line (:func:`chronoserve._cli_common.engine_setting
 hand, and handed down as it is: ``chronoserve serve`` embeds it in its
 :class:`~chronoserve.server.ServerSettings`, replay, eval and ``forecast`` build their engines
 from it. The model loader is built here, outside the engine, from the loader's own settings
-(device, dtype); the engine only receives it.
+(device, dtype, backend); the engine only receives it.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -30,7 +31,8 @@ class EngineSettings:
     ``"module:Class"``; ``policy_options`` its constructor's keyword arguments. ``workers``
     and ``torch_threads``: None for the engine's defaults (2 workers, cores / workers).
     ``max_queue``: requests waiting before :class:`~chronoserve.errors.QueueFull` (None: no
-    bound). ``device`` and ``dtype`` are the :class:`~chronoserve.models.loader.ChronosLoader`'s.
+    bound). ``device``, ``dtype`` (``float32``, ``bfloat16``, ``int8``) and ``backend``
+    (``torch``, ``onnx``) are the :class:`~chronoserve.models.loader.ChronosLoader`'s.
     ``profile``: a cost table (``chronoserve profile``) the engine's cost model starts from.
     """
 
@@ -41,6 +43,7 @@ class EngineSettings:
     max_queue: int | None = None
     device: str = "cpu"
     dtype: str = "float32"
+    backend: str = "torch"
     limits: Limits = DEFAULT_LIMITS
     profile: Profile | None = None
 
@@ -51,10 +54,25 @@ class EngineSettings:
         return replace(self, **changes)
 
     def loader(self) -> ModelLoader:
-        """The Chronos model loader for ``device`` and ``dtype`` (no torch is imported yet)."""
+        """The Chronos model loader for ``device``, ``dtype`` and ``backend`` (no torch is imported yet).
+
+        Its ONNX Runtime sessions get as many threads as each of the engine's workers gets torch
+        threads (:meth:`threads_per_worker`).
+        """
         from .models.loader import ChronosLoader
 
-        return ChronosLoader(device=self.device, dtype=self.dtype)
+        return ChronosLoader(
+            device=self.device, dtype=self.dtype, backend=self.backend, onnx_threads=self.threads_per_worker()
+        )
+
+    def threads_per_worker(self) -> int:
+        """The torch threads each inference worker runs: ``torch_threads``, else the engine's
+        default (the cores over the workers)."""
+        if self.torch_threads is not None:
+            return self.torch_threads
+        from .engine import default_workers
+
+        return max(1, (os.cpu_count() or 1) // (self.workers or default_workers()))
 
     def engine_kwargs(self, loader: ModelLoader | None = None) -> dict[str, Any]:
         """:class:`~chronoserve.Engine`'s keyword arguments: policy, threads, queue, limits and a loader."""

@@ -238,7 +238,7 @@ def test_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_
 
 def test_loader_rejects_bad_settings() -> None:
     with pytest.raises(ValueError, match="dtype"):
-        ChronosLoader(dtype="int8")
+        ChronosLoader(dtype="int4")
     with pytest.raises(ValueError, match="torch_threads"):
         ChronosLoader(torch_threads=0)
 

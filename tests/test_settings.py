@@ -56,3 +56,29 @@ async def test_create_app_serves_an_engine_it_is_given():
     assert 'chronoserve_requests_total{model="m",status="ok"}' in metrics  # the app observes it
     assert engine.stats().completed >= 2  # the warm-up and the request went through the given engine
     assert loader.loads == {"m": 1}
+
+
+def test_backend_and_int8_reach_the_loader_from_every_engine_command():
+    for command in (["serve"], ["eval"], ["replay", "trace.jsonl"], ["forecast", "--values", "1,2"]):
+        try:
+            args = build_parser().parse_args([*command, "--backend", "onnx", "--dtype", "int8", "--torch-threads", "3"])
+        except SystemExit:  # pragma: no cover - a command whose positional arguments differ
+            raise AssertionError(f"{command[0]} does not take --backend") from None
+        settings = engine_settings(args)
+        assert (settings.backend, settings.dtype) == ("onnx", "int8")
+        loader = settings.loader()
+        assert isinstance(loader, ChronosLoader)
+        assert (loader.backend, loader.dtype, loader.onnx_threads) == ("onnx", "int8", 3)
+    default = engine_settings(build_parser().parse_args(["serve"]))
+    assert default.backend == "torch" and default.loader().backend == "torch"  # type: ignore[attr-defined]
+
+
+def test_an_unknown_backend_is_a_usage_error_naming_the_flag(capsys):
+    import pytest
+
+    from chronoserve.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--backend", "tensorrt"])
+    assert info.value.code == 2
+    assert "--backend: invalid choice: 'tensorrt'" in capsys.readouterr().err

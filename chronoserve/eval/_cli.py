@@ -211,6 +211,7 @@ def build_settings(args: argparse.Namespace) -> tuple[Any, Any]:
             start=start,
             end=end,
             dtype=args.dtype,
+            backend=args.backend,
         )
     except SweepError as exc:
         raise _usage(str(exc)) from None

@@ -108,6 +108,8 @@ class SweepSettings:
     end: str | None = None
     """The hour after the span (ISO, exclusive), or None for the hour after the data's last."""
     dtype: str = "float32"
+    backend: str = "torch"
+    """What runs the models (``torch``, ``onnx``): int8 answers differ between them."""
     levels: tuple[float, ...] = LEVELS
 
     def __post_init__(self) -> None:
@@ -160,6 +162,8 @@ class SweepSettings:
             "start": self.start,
             "end": self.end,
             "dtype": self.dtype,
+            # Recorded only where it is not torch, so sweeps run before it existed still resume.
+            **({"backend": self.backend} if self.backend != "torch" else {}),
             "levels": list(self.levels),
         }
 

@@ -108,10 +108,10 @@ async def run_sweep(
     store = store if store is not None else _open_store(settings.data)
     options = dict(engine_options or {})
     loader = options.get("loader")
-    if loader is None:  # the sweep's dtype is one of its settings (recorded with its results)
+    if loader is None:  # the sweep's dtype and backend are among its settings (recorded with its results)
         from chronoserve.models.loader import ChronosLoader
 
-        loader = ChronosLoader(dtype=settings.dtype)
+        loader = ChronosLoader(dtype=settings.dtype, backend=settings.backend)
         options["loader"] = loader
     if specs is None:
         specs = await asyncio.to_thread(resolve_models, settings.models, loader)

@@ -116,12 +116,18 @@ def batch_key(spec: ModelSpec, horizon: int, covariates: tuple[tuple[str, ...], 
 class ModelBackend:
     """A loaded model. ``predict`` is called from one worker thread at a time per batch.
 
-    Subclasses set :attr:`spec` and :attr:`nbytes` and implement :meth:`predict`.
+    Subclasses set :attr:`spec` and :attr:`nbytes` (and :attr:`backend`, :attr:`dtype`) and implement
+    :meth:`predict`.
     """
 
     spec: ModelSpec
     nbytes: int
     """Resident size in bytes, measured after loading."""
+    backend: str = "unknown"
+    """The runtime that runs the model: ``torch`` or ``onnx`` for Chronos models. Where a model
+    could not run on the runtime asked for, the one it fell back to (so callers can tell)."""
+    dtype: str = "unknown"
+    """The weights' dtype as served: ``float32``, ``bfloat16``, ``int8`` (dynamic quantisation)."""
 
     def predict(self, batch: Sequence[PreparedRequest]) -> list[BackendForecast]:
         """Forecast every request of ``batch`` and return the answers in the same order.

@@ -22,6 +22,11 @@ Each backend feeds tensors straight to the pipeline's inner model (no DataFrames
 
 Nothing process-global (threads, RNG, grad mode) is changed by ``predict``.
 
+The pre- and post-processing of Bolt and Chronos-2 (padding, rows, chunks, quantiles) lives in
+:class:`BoltForecaster` and :class:`Chronos2Forecaster`, which call one ``_run`` per forward
+pass; :class:`BoltBackend` and :class:`Chronos2Backend` run it with torch, and
+:mod:`chronoserve.models.onnx` with ONNX Runtime, so both give answers from the same arrays.
+
 Every backend can be stopped mid-batch: a forward pre-hook on each layer of the model calls
 :func:`chronoserve.stopping.checkpoint`, which raises once the engine has told the batch to
 stop (its clients left, it ran past ``max_inference_seconds``, or the engine closed). The hooks
@@ -59,26 +64,33 @@ _U64 = np.uint64
 _MASK64 = (1 << 64) - 1
 
 
-class TorchBackend(ModelBackend):
-    """What the three backends share: the pipeline, its inner model, sizes and checks."""
+class ChronosBackend(ModelBackend):
+    """What every Chronos backend shares, whatever runs the model: checks and contexts.
+
+    The family classes (:class:`BoltForecaster`, :class:`Chronos2Forecaster`) hold the pre- and
+    post-processing and call one hook per forward pass (``_run``); the runtime classes
+    (:class:`TorchBackend` here, ``OnnxBackend`` in :mod:`chronoserve.models.onnx`) implement it.
+    So the torch and ONNX Runtime backends of a family turn requests into the same arrays and
+    answers into the same forecasts.
+    """
 
     family: str = ""
 
     def __init__(self, pipeline: Any, spec: ModelSpec) -> None:
-        self.pipeline = pipeline
-        self.model = pipeline.inner_model
         self.spec = spec
-        self.device = self.model.device
-        self.nbytes = _module_nbytes(self.model)
+        self.dtype = str(spec.extra.get("dtype", "float32"))
         self.context_length = int(pipeline.model_context_length)
-        self.checkpoints = install_checkpoints(self.model)
+        self._configure(pipeline)
 
-    def close(self) -> None:
-        self.pipeline = None
-        self.model = None
+    def _configure(self, pipeline: Any) -> None:
+        """Read what the family needs from the pipeline (extended by the family classes)."""
+
+    @property
+    def is_closed(self) -> bool:
+        raise NotImplementedError
 
     def _check(self, batch: Sequence[PreparedRequest], max_horizon: int) -> None:
-        if self.model is None:
+        if self.is_closed:
             raise RuntimeError(f"model {self.spec.name!r} is closed")
         for req in batch:
             if not 1 <= req.horizon <= max_horizon:
@@ -93,13 +105,55 @@ class TorchBackend(ModelBackend):
         return ctx[-self.context_length :] if len(ctx) > self.context_length else ctx
 
 
-class BoltBackend(TorchBackend):
+class TorchBackend(ChronosBackend):
+    """A Chronos backend that runs the pipeline's inner torch model (eager PyTorch)."""
+
+    backend = "torch"
+
+    def __init__(self, pipeline: Any, spec: ModelSpec) -> None:
+        super().__init__(pipeline, spec)
+        self.pipeline = pipeline
+        self.model = pipeline.inner_model
+        self.device = self.model.device
+        self.nbytes = _module_nbytes(self.model)
+        self.checkpoints = install_checkpoints(self.model)
+
+    @property
+    def is_closed(self) -> bool:
+        return self.model is None
+
+    def close(self) -> None:
+        self.pipeline = None
+        self.model = None
+
+    def quantize_int8(self) -> None:
+        """Quantise the model's ``Linear`` layers to int8 in place (dynamic quantisation).
+
+        ``torch.ao.quantization.quantize_dynamic``: int8 weights, activations quantised per
+        batch at run time; the rest (embeddings, norms) stays float32. Answers change (see
+        docs/backends.md for how much); the layer hooks stay, so batches still stop mid-pass.
+        """
+        import warnings
+
+        from torch.ao.quantization import quantize_dynamic
+
+        with warnings.catch_warnings():
+            # torch.ao.quantization and quantised tensors are deprecated (for torchao); they still run.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+        self.model.eval()
+        self.nbytes = _module_nbytes(self.model)
+        self.dtype = "int8"
+
+
+class BoltForecaster(ChronosBackend):
     """Chronos-Bolt: one forward pass gives every horizon up to ``prediction_length``."""
 
     family = CHRONOS_BOLT
 
-    def __init__(self, pipeline: Any, spec: ModelSpec) -> None:
-        super().__init__(pipeline, spec)
+    def _configure(self, pipeline: Any) -> None:
+        super()._configure(pipeline)
         self.native_levels = tuple(float(q) for q in pipeline.quantiles)
         self.prediction_length = int(pipeline.model_prediction_length)
 
@@ -109,24 +163,35 @@ class BoltBackend(TorchBackend):
             return []
         context = left_pad([self._context(r) for r in batch])
         preds = np.empty((len(batch), len(self.native_levels), self.prediction_length), dtype=np.float32)
-        with torch.inference_mode():
-            for start in range(0, len(batch), MAX_ROWS):
-                chunk = torch.from_numpy(context[start : start + MAX_ROWS]).to(self.device)
-                out = self.model(context=chunk).quantile_preds.to(chunk)
-                preds[start : start + MAX_ROWS] = out.cpu().numpy()
+        for start in range(0, len(batch), MAX_ROWS):
+            preds[start : start + MAX_ROWS] = self._run(context[start : start + MAX_ROWS])
         return [
             _quantile_forecast(self.native_levels, preds[i, :, : r.horizon].T, r.quantile_levels)
             for i, r in enumerate(batch)
         ]
 
+    def _run(self, context: FloatArray) -> FloatArray:
+        """One forward pass: ``(rows, quantiles, prediction_length)`` for NaN-left-padded ``(rows, T)``."""
+        raise NotImplementedError
 
-class Chronos2Backend(TorchBackend):
+
+class BoltBackend(BoltForecaster, TorchBackend):
+    """Chronos-Bolt on torch."""
+
+    def _run(self, context: FloatArray) -> FloatArray:
+        with torch.inference_mode():
+            chunk = torch.from_numpy(context).to(self.device)
+            out: FloatArray = self.model(context=chunk).quantile_preds.to(chunk).cpu().numpy()
+        return out
+
+
+class Chronos2Forecaster(ChronosBackend):
     """Chronos-2: targets with past-only and known-future covariates, one group per request."""
 
     family = CHRONOS_2
 
-    def __init__(self, pipeline: Any, spec: ModelSpec) -> None:
-        super().__init__(pipeline, spec)
+    def _configure(self, pipeline: Any) -> None:
+        super()._configure(pipeline)
         self.native_levels = tuple(float(q) for q in pipeline.quantiles)
         self.patch = int(pipeline.model_output_patch_size)
         self.max_horizon = int(pipeline.max_output_patches) * self.patch
@@ -139,16 +204,15 @@ class Chronos2Backend(TorchBackend):
         by_patches: dict[int, list[int]] = {}
         for i, req in enumerate(batch):
             by_patches.setdefault(math.ceil(req.horizon / self.patch), []).append(i)
-        with torch.inference_mode():
-            for n_patches, indices in by_patches.items():
-                rows = [self._rows(batch[i], n_patches) for i in indices]
-                for chunk in _chunks([len(r[0]) for r in rows], MAX_ROWS):
-                    preds = self._forward([rows[j] for j in chunk], n_patches)
-                    for j, target_row in zip(chunk, preds, strict=True):
-                        req = batch[indices[j]]
-                        results[indices[j]] = _quantile_forecast(
-                            self.native_levels, target_row[:, : req.horizon].T, req.quantile_levels
-                        )
+        for n_patches, indices in by_patches.items():
+            rows = [self._rows(batch[i], n_patches) for i in indices]
+            for chunk in _chunks([len(r[0]) for r in rows], MAX_ROWS):
+                preds = self._forward([rows[j] for j in chunk], n_patches)
+                for j, target_row in zip(chunk, preds, strict=True):
+                    req = batch[indices[j]]
+                    results[indices[j]] = _quantile_forecast(
+                        self.native_levels, target_row[:, : req.horizon].T, req.quantile_levels
+                    )
         return [r for r in results if r is not None]
 
     def _rows(self, req: PreparedRequest, n_patches: int) -> tuple[list[FloatArray], FloatArray]:
@@ -187,16 +251,33 @@ class Chronos2Backend(TorchBackend):
         context = left_pad([row for ctx_rows, _ in rows for row in ctx_rows])
         future = np.concatenate([fut for _, fut in rows], axis=0)
         group_ids = np.concatenate([np.full(len(ctx_rows), g, dtype=np.int64) for g, (ctx_rows, _) in enumerate(rows)])
-        context_t = torch.from_numpy(context).to(self.device)
-        out = self.model(
-            context=context_t,
-            group_ids=torch.from_numpy(group_ids).to(self.device),
-            future_covariates=torch.from_numpy(future).to(self.device),
-            num_output_patches=n_patches,
-        ).quantile_preds.to(context_t)
-        preds = out.cpu().numpy()
+        preds = self._run(context, group_ids, future, n_patches)
         starts = np.cumsum([0] + [len(ctx_rows) for ctx_rows, _ in rows])[:-1]
         return [preds[int(s)] for s in starts]
+
+    def _run(
+        self, context: FloatArray, group_ids: npt.NDArray[np.int64], future: FloatArray, n_patches: int
+    ) -> FloatArray:
+        """One forward pass: ``(rows, quantiles, n_patches * patch)`` for the rows of ``context``."""
+        raise NotImplementedError
+
+
+class Chronos2Backend(Chronos2Forecaster, TorchBackend):
+    """Chronos-2 on torch."""
+
+    def _run(
+        self, context: FloatArray, group_ids: npt.NDArray[np.int64], future: FloatArray, n_patches: int
+    ) -> FloatArray:
+        with torch.inference_mode():
+            context_t = torch.from_numpy(context).to(self.device)
+            out = self.model(
+                context=context_t,
+                group_ids=torch.from_numpy(group_ids).to(self.device),
+                future_covariates=torch.from_numpy(future).to(self.device),
+                num_output_patches=n_patches,
+            ).quantile_preds.to(context_t)
+            preds: FloatArray = out.cpu().numpy()
+        return preds
 
 
 class T5Backend(TorchBackend):
@@ -480,9 +561,17 @@ def install_checkpoints(model: Any) -> int:
 
 
 def _module_nbytes(module: Any) -> int:
+    """Parameters and buffers, and the packed int8 weights of dynamically quantised layers
+    (which are neither: ``torch.ao.nn.quantized.dynamic.Linear`` keeps them in ``_packed_params``)."""
     params = sum(p.numel() * p.element_size() for p in module.parameters())
     buffers = sum(b.numel() * b.element_size() for b in module.buffers())
-    return int(params + buffers)
+    packed = 0
+    for layer in module.modules():
+        if hasattr(layer, "_packed_params") and callable(getattr(layer, "weight", None)):
+            for tensor in (layer.weight(), layer.bias()):
+                if tensor is not None:
+                    packed += tensor.numel() * tensor.element_size()
+    return int(params + buffers + packed)
 
 
 def wrap_pipeline(pipeline: Any, spec: ModelSpec) -> TorchBackend:
@@ -507,7 +596,10 @@ def wrap_pipeline(pipeline: Any, spec: ModelSpec) -> TorchBackend:
 __all__ = [
     "MAX_ROWS",
     "BoltBackend",
+    "BoltForecaster",
     "Chronos2Backend",
+    "Chronos2Forecaster",
+    "ChronosBackend",
     "SeededSampler",
     "T5Backend",
     "TorchBackend",

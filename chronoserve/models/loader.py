@@ -40,8 +40,11 @@ from chronoserve.models.materialize import (
 )
 from chronoserve.models.materialize import cache_dir as default_cache_dir
 
-#: Bytes per element of the dtypes the loader accepts.
-DTYPE_SIZES: Mapping[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2}
+#: Bytes per element of the dtypes the loader accepts (int8: dynamic quantisation of the
+#: ``Linear`` layers, which hold nearly all of a Chronos model's parameters).
+DTYPE_SIZES: Mapping[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 1}
+#: What runs the models: eager PyTorch, or ONNX Runtime (see :mod:`chronoserve.models.onnx`).
+BACKENDS = ("torch", "onnx")
 _PIPELINE_FAMILIES: Mapping[str, str] = {
     "ChronosBoltPipeline": CHRONOS_BOLT,
     "Chronos2Pipeline": CHRONOS_2,
@@ -57,10 +60,17 @@ class ChronosLoader(ModelLoader):
     """Resolves names to :class:`ModelSpec` without torch; loads them with ``from_pretrained``.
 
     ``device`` and ``dtype`` (``float32``, ``bfloat16``, ``float16``) are passed to
-    ``BaseChronosPipeline.from_pretrained``. ``cache_dir`` is where random checkpoints are
-    materialised (default :func:`chronoserve.models.cache_dir`). With ``allow_random=False``
-    the ``random/`` names are refused. ``torch_threads``, if set, is applied with
-    ``torch.set_num_threads`` when a model is loaded (never during inference).
+    ``BaseChronosPipeline.from_pretrained``; ``int8`` loads float32 weights and quantises the
+    ``Linear`` layers dynamically (torch's ``quantize_dynamic``, or ONNX Runtime's for the onnx
+    backend). ``backend`` is what runs the models: ``torch`` (eager PyTorch) or ``onnx`` (ONNX
+    Runtime, exported once per model and cached; a model it cannot serve runs on torch, with a
+    log line: see :mod:`chronoserve.models.onnx`). ``cache_dir`` is where random checkpoints are
+    materialised (default :func:`chronoserve.models.cache_dir`), and ONNX exports of checkpoints
+    whose directory is not writable. With ``allow_random=False`` the ``random/`` names are
+    refused. ``torch_threads``, if set, is applied with ``torch.set_num_threads`` when a model is
+    loaded (never during inference). ``onnx_threads`` is each ONNX Runtime session's intra-op
+    thread count (default: ``torch_threads``, else 1; :meth:`EngineSettings.loader` passes the
+    torch threads of one engine worker, so both runtimes use the same cores).
     """
 
     def __init__(
@@ -70,16 +80,23 @@ class ChronosLoader(ModelLoader):
         cache_dir: str | os.PathLike[str] | None = None,
         allow_random: bool = True,
         torch_threads: int | None = None,
+        backend: str = "torch",
+        onnx_threads: int | None = None,
     ) -> None:
         if dtype not in DTYPE_SIZES:
             raise ValueError(f"dtype must be one of {sorted(DTYPE_SIZES)}, not {dtype!r}")
-        if torch_threads is not None and torch_threads < 1:
-            raise ValueError(f"torch_threads must be at least 1, not {torch_threads}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+        for option, value in (("torch_threads", torch_threads), ("onnx_threads", onnx_threads)):
+            if value is not None and value < 1:
+                raise ValueError(f"{option} must be at least 1, not {value}")
         self.device = device
         self.dtype = dtype
+        self.backend = backend
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.allow_random = allow_random
         self.torch_threads = torch_threads
+        self.onnx_threads = onnx_threads if onnx_threads is not None else (torch_threads or 1)
 
     # -- names ---------------------------------------------------------------------------------
 
@@ -132,7 +149,12 @@ class ChronosLoader(ModelLoader):
         return self.cache_dir if self.cache_dir is not None else default_cache_dir()
 
     def _spec_from_entry(self, name: str, entry: CatalogEntry, source: str, *, random_weights: bool) -> ModelSpec:
-        extra: dict[str, object] = {"catalog_name": entry.name, "hub_id": entry.hub_id, "dtype": self.dtype}
+        extra: dict[str, object] = {
+            "catalog_name": entry.name,
+            "hub_id": entry.hub_id,
+            "dtype": self.dtype,
+            "backend": self.backend,
+        }
         if random_weights:
             extra["seed"] = 0
         if entry.family == CHRONOS_T5:
@@ -201,7 +223,7 @@ class ChronosLoader(ModelLoader):
             est_nbytes = num_params * DTYPE_SIZES[self.dtype]
         else:
             est_nbytes = weights.stat().st_size if weights is not None else 0
-        extra: dict[str, object] = {"dtype": self.dtype}
+        extra: dict[str, object] = {"dtype": self.dtype, "backend": self.backend}
         if marker:
             extra["catalog_name"] = marker.get("catalog_name")
             extra["seed"] = marker.get("seed")
@@ -244,11 +266,12 @@ class ChronosLoader(ModelLoader):
 
             if self.torch_threads is not None and torch.get_num_threads() != self.torch_threads:
                 torch.set_num_threads(self.torch_threads)
+            weights_dtype = "float32" if self.dtype == "int8" else self.dtype  # int8: quantised after loading
             with TRANSFORMERS_LOCK:  # from_pretrained is not thread-safe (see TRANSFORMERS_LOCK)
                 pipeline = BaseChronosPipeline.from_pretrained(
                     spec.source,
                     device_map=self.device,
-                    dtype=getattr(torch, self.dtype),
+                    dtype=getattr(torch, weights_dtype),
                     use_safetensors=True,  # never unpickle: a pickle can run code (see check_safetensors_only)
                 )
         except Exception as e:
@@ -260,9 +283,16 @@ class ChronosLoader(ModelLoader):
         from chronoserve.models.chronos import wrap_pipeline
 
         try:
-            return wrap_pipeline(pipeline, spec)
+            backend = wrap_pipeline(pipeline, spec)
+            if self.backend == "onnx":
+                from chronoserve.models.onnx import onnx_backend
+
+                return onnx_backend(backend, dtype=self.dtype, threads=self.onnx_threads, cache_root=self._cache_root())
+            if self.dtype == "int8":
+                backend.quantize_int8()
         except Exception as e:
             raise errors.ModelLoadError(spec.name, str(e)) from e
+        return backend
 
 
 #: Weight files that are pickles: loading one can run arbitrary code, so chronoserve never does.
@@ -348,4 +378,4 @@ def _hf_cached_config(repo_id: str) -> Path | None:
     return Path(found) if isinstance(found, str) else None
 
 
-__all__ = ["DTYPE_SIZES", "ChronosLoader"]
+__all__ = ["BACKENDS", "DTYPE_SIZES", "ChronosLoader"]
