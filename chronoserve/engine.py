@@ -473,6 +473,8 @@ class Engine:
                 loaded_at=e.load_finished,
                 last_used=e.last_used,
                 running_batches=e.running,
+                backend=None if e.backend is None else e.backend.backend,
+                dtype=None if e.backend is None else e.backend.dtype,
             )
             for name, e in self._pool.entries.items()
         }

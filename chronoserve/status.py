@@ -29,6 +29,10 @@ class ModelInfo:
     loaded_at: float | None
     last_used: float
     running_batches: int
+    backend: str | None = None
+    """What runs it (``torch``, ``onnx``: after a fallback, the one that actually serves); None while it loads."""
+    dtype: str | None = None
+    """Its weights' dtype as served (``float32``, ``bfloat16``, ``int8``); None while it loads."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -154,6 +154,8 @@ class FakeModel(ModelBackend):
 
     #: How long a hanging batch runs if nothing stops it: a test that forgot to stop it fails.
     HANG_LIMIT = 60.0
+    backend = "fake"
+    dtype = "float32"
 
     def __init__(self, spec: ModelSpec, fail: bool = False, predict_seconds: float = 0.0, hang: bool = False) -> None:
         self.spec = spec

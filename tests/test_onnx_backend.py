@@ -398,3 +398,14 @@ async def test_an_engine_with_the_onnx_backend_answers_like_torch(bolt_onnx: Mod
     for o, t in zip(results["onnx"], results["torch"], strict=True):
         scale = float(np.abs(t.quantiles).max())
         np.testing.assert_allclose(o.quantiles, t.quantiles, rtol=0, atol=TOLERANCE * scale)
+
+
+async def test_the_engine_reports_the_backend_that_actually_serves() -> None:
+    """A T5 model asked for on onnx is served by torch: the engine's snapshot says torch."""
+    from chronoserve.settings import EngineSettings
+
+    engine = EngineSettings(backend="onnx").engine()
+    async with engine:
+        await engine.warm("random/tiny-chronos-t5")
+        info = engine.resident()["random/tiny-chronos-t5"]
+    assert (info.backend, info.dtype) == ("torch", "float32")

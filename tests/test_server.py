@@ -282,6 +282,7 @@ async def test_models_lists_the_catalog_and_the_resident_models():
     assert resident["status"] == "ready"
     assert resident["bytes"] > 0
     assert resident["loaded_at"] is not None
+    assert (resident["backend"], resident["dtype"]) == ("fake", "float32")  # what runs it, as loaded
     assert body["default"] == FAKE
     ModelsOut.model_validate(body)
     (trained,) = [m for m in body["catalog"] if m["trained_here"]]

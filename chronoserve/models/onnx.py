@@ -151,6 +151,8 @@ def build(torch_backend: TorchBackend, *, dtype: str, threads: int, cache_root: 
     model = torch_backend.model
     key = onnx_export.export_key(model, family)
     path = onnx_export.cache_file(spec.source, family, key, cache_root)
+    if not path.is_file():
+        logger.info("%s: exporting to ONNX once, to %s (seconds; later loads reuse it)", spec.name, path)
     exported = onnx_export.ensure_export(model, family, path)
     try:
         backend = open_backend(torch_backend, path, dtype="float32", threads=threads)

@@ -106,6 +106,8 @@ async def models(request: Request) -> Response:
                     "loaded_at": _iso_wall(engine, info.loaded_at),
                     "last_used": _iso_wall(engine, info.last_used) if info.status == "ready" else None,
                     "running_batches": info.running_batches,
+                    "backend": info.backend,
+                    "dtype": info.dtype,
                     "profile": profile.figures(name) if profile is not None else None,
                 }
             )

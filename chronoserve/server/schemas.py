@@ -307,7 +307,8 @@ class ModelsOut(BaseModel):
     default: str = Field(description="The model of requests that name none.")
     allowed_extra: list[str]
     resident: list[dict[str, Any]] = Field(
-        description="Loaded or loading models: status, bytes, load time, and `profile`: the loaded cost table's "
+        description="Loaded or loading models: status, bytes, load time, `backend` and `dtype` (what runs it: "
+        "`torch` or `onnx`, after any fallback; null while it loads), and `profile`: the loaded cost table's "
         "rows for the model (null without `--profile`)."
     )
     failed: list[dict[str, Any]] = Field(
