@@ -77,7 +77,7 @@ def wait_ms_or_auto(text: str) -> float | str:
     return value
 
 
-def add_engine_options(parser: argparse.ArgumentParser) -> None:
+def add_engine_options(parser: argparse.ArgumentParser, *, backend: str = "torch") -> None:
     """Options shared by every command that runs the engine."""
     group = parser.add_argument_group("engine")
     group.add_argument("--policy", default="batched", help="naive, lru, batched, a plugin name or module:Class")
@@ -115,10 +115,10 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--backend",
-        default="torch",
+        default=backend,
         choices=["torch", "onnx"],
-        help="what runs the models: torch (eager PyTorch) or onnx (ONNX Runtime: exported once per model and "
-        "cached, torch where it cannot serve; needs chronoserve[onnx]; docs/backends.md)",
+        help=f"what runs the models: torch (eager PyTorch) or onnx (ONNX Runtime: exported once per model and "
+        f"cached, the same answers within 1e-5, torch where it cannot serve; docs/backends.md) (default: {backend})",
     )
     group.add_argument(
         "--profile", default=None, help="profile.json from `chronoserve profile`: the cost model starts from it"

@@ -32,6 +32,7 @@ from ._cli_common import (
 from .errors import ChronoserveError, InvalidRequest, PolicyError
 from .limits import DEFAULT_LIMITS, Limits
 from .models.catalog import DEFAULT_MODEL  # the small Chronos-2 trained here (`chronoserve models list`)
+from .settings import SERVE_BACKEND
 
 
 def _read_series(args: argparse.Namespace) -> list[float]:
@@ -259,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(restarted if it dies); 0: everything in one process (default: 0; see docs/http.md)",
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    add_engine_options(serve)
+    add_engine_options(serve, backend=SERVE_BACKEND)
     serve.set_defaults(func=cmd_serve)
 
     fc = sub.add_parser(

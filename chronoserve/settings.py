@@ -23,6 +23,12 @@ if TYPE_CHECKING:
     from .profile import Profile
 
 
+#: What runs the models of ``chronoserve serve`` unless told otherwise: ONNX Runtime, measured faster
+#: than eager torch at every batch size with the same answers (docs/backends.md, docs/results.md).
+#: The library, replay, eval and ``forecast`` default to torch, the reference answers.
+SERVE_BACKEND = "onnx"
+
+
 @dataclass(frozen=True)
 class EngineSettings:
     """The engine's policy, threads, queue bound and per-request limits, and the loader's device and dtype.

@@ -10,7 +10,7 @@ from chronoserve.cli import build_parser
 from chronoserve.limits import Limits
 from chronoserve.models.loader import ChronosLoader
 from chronoserve.server import ServerSettings, create_app
-from chronoserve.settings import EngineSettings
+from chronoserve.settings import SERVE_BACKEND, EngineSettings
 from chronoserve.testing import FakeLoader, fake_engine, fake_spec, server_settings
 
 
@@ -20,8 +20,8 @@ def test_the_cli_builds_one_engine_settings_with_the_loaders_own_options():
     )
     settings = engine_settings(args, max_queue=7)
     assert settings == EngineSettings(
-        policy="lru", policy_options={"max_resident": 2}, workers=1, max_queue=7, dtype="bfloat16"
-    )
+        policy="lru", policy_options={"max_resident": 2}, workers=1, max_queue=7, dtype="bfloat16", backend="onnx"
+    )  # serve's backend is onnx unless told otherwise
     loader = settings.loader()
     assert isinstance(loader, ChronosLoader) and loader.dtype == "bfloat16" and loader.device == "cpu"
     kwargs = settings.engine_kwargs()
@@ -37,7 +37,7 @@ def test_with_options_merges_policy_options_and_leaves_the_original_alone():
 
 
 def test_the_server_embeds_the_engine_settings():
-    assert ServerSettings().engine == EngineSettings(max_queue=1024)
+    assert ServerSettings().engine == EngineSettings(max_queue=1024, backend=SERVE_BACKEND) and SERVE_BACKEND == "onnx"
     settings = server_settings(default_model="m", max_covariates=3, max_queue=5, policy_options={"max_wait": 0})
     assert settings.engine.limits == Limits(max_covariates=3) and settings.engine.max_queue == 5
     assert settings.default_model == "m"
@@ -69,8 +69,11 @@ def test_backend_and_int8_reach_the_loader_from_every_engine_command():
         loader = settings.loader()
         assert isinstance(loader, ChronosLoader)
         assert (loader.backend, loader.dtype, loader.onnx_threads) == ("onnx", "int8", 3)
-    default = engine_settings(build_parser().parse_args(["serve"]))
-    assert default.backend == "torch" and default.loader().backend == "torch"  # type: ignore[attr-defined]
+    serve = engine_settings(build_parser().parse_args(["serve"]))
+    assert serve.backend == "onnx" and serve.loader().backend == "onnx"  # type: ignore[attr-defined]
+    for command in (["eval"], ["replay", "trace.jsonl"], ["forecast", "--values", "1,2"]):  # the reference answers
+        assert engine_settings(build_parser().parse_args(command)).backend == "torch", command[0]
+    assert EngineSettings().backend == "torch"
 
 
 def test_an_unknown_backend_is_a_usage_error_naming_the_flag(capsys):

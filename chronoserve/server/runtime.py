@@ -19,7 +19,7 @@ from chronoserve.errors import ChronoserveError, ModelLoadError
 from chronoserve.models.base import ModelLoader
 from chronoserve.models.catalog import DEFAULT_MODEL, find_entry
 from chronoserve.request import ForecastRequest, ForecastResult
-from chronoserve.settings import EngineSettings
+from chronoserve.settings import SERVE_BACKEND, EngineSettings
 
 from .body import BodyReaders
 from .metrics import HTTPCounts, ServerMetrics
@@ -32,10 +32,11 @@ class ServerSettings:
     """Everything ``chronoserve serve`` can set. Defaults give a server that answers at once.
 
     ``engine`` is the engine's settings (policy, threads, queue bound, per-request limits, the
-    loader's device and dtype): the same value every front end builds its engine from.
+    loader's device, dtype and backend: :data:`~chronoserve.settings.SERVE_BACKEND` unless told
+    otherwise): the same value every front end builds its engine from.
     """
 
-    engine: EngineSettings = field(default_factory=lambda: EngineSettings(max_queue=1024))
+    engine: EngineSettings = field(default_factory=lambda: EngineSettings(max_queue=1024, backend=SERVE_BACKEND))
     models: tuple[str, ...] = ()
     """Models HTTP may name beyond the catalog (names or local directories), loaded at start-up."""
     default_model: str = DEFAULT_MODEL
