@@ -165,3 +165,30 @@ async def test_an_interrupt_in_the_turn_its_await_finishes_still_wins():
     holder[0]("disconnected")  # ... and the interrupt lands before it runs
     with pytest.raises(Interrupted, match="disconnected"):
         await task
+
+
+async def test_the_server_freezes_the_heap_once_its_model_has_loaded():
+    """Full collections then skip torch's and the model's objects (a loaded server's p99 was the pause)."""
+    import gc
+
+    import httpx
+    from asgi_lifespan import LifespanManager
+
+    from chronoserve.server import create_app
+    from chronoserve.testing import FakeLoader, fake_spec, server_settings
+
+    model = "m"
+    loader = FakeLoader(specs={model: fake_spec(model, family="chronos-bolt", supports_covariates=False)})
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    try:
+        app = create_app(server_settings(default_model=model, warmup=False), loader=loader)
+        async with LifespanManager(app) as manager:
+            assert gc.get_freeze_count() == 0  # nothing loaded yet
+            transport = httpx.ASGITransport(app=manager.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                r = await client.post("/forecast", json={"target": [1.0, 2.0, 3.0], "horizon_hours": 2})
+            assert r.status_code == 200
+            assert gc.get_freeze_count() > 0  # the load froze what existed
+    finally:
+        gc.unfreeze()

@@ -23,7 +23,7 @@ from chronoserve.perf import PREDICTION_FIELDS, CsvMetricsLogger, PredictionReco
 from .body import BodyReaders
 from .metrics import ServerMetrics
 from .routes import ROUTES, http_exception
-from .runtime import ServerRuntime, ServerSettings, State, warm_up
+from .runtime import HeapFreezer, ServerRuntime, ServerSettings, State, warm_up
 
 __all__ = ["ServerRuntime", "ServerSettings", "create_app"]
 
@@ -67,6 +67,7 @@ def create_app(
             runtime.engine.add_observer(PredictionRecorder(predictions))
         runtime.default_model = runtime.engine.canonical(s.default_model)
         runtime.extra_models = tuple(dict.fromkeys(runtime.engine.canonical(m) for m in s.models))
+        runtime.engine.add_observer(HeapFreezer())
         runtime.forecaster, runtime.counts = runtime.engine, runtime.metrics
         await runtime.engine.start()
         warm: asyncio.Task[None] | None = None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import logging
 import time
@@ -247,6 +248,7 @@ def create_frontend_app(
         runtime.forecaster, runtime.counts = remote, CountsForwarder(remote, name)
         runtime.ready = True  # readiness is the engine's: /readyz is forwarded
         await remote.start()
+        gc.freeze()  # what the front end holds from now on is long-lived (see runtime.HeapFreezer)
         try:
             yield {"runtime": runtime}
         finally:

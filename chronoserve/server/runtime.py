@@ -8,6 +8,7 @@ the routes share once the app has started; :func:`warm_up` loads the models befo
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any, Protocol, TypedDict
 from chronoserve.data import SeriesStore
 from chronoserve.engine import Engine
 from chronoserve.errors import ChronoserveError, ModelLoadError
+from chronoserve.events import EngineObserver
 from chronoserve.models.base import ModelLoader
 from chronoserve.models.catalog import DEFAULT_MODEL, find_entry
 from chronoserve.request import ForecastRequest, ForecastResult
@@ -151,6 +153,19 @@ def load_failures(runtime: ServerRuntime, names: Sequence[str] | None = None) ->
         for f in sorted(engine.load_failures().values(), key=lambda f: f.model)
         if names is None or f.model in names
     ]
+
+
+class HeapFreezer(EngineObserver):
+    """``gc.freeze()`` once a model has loaded: what exists then (torch, transformers, the models:
+    about 450,000 objects) is long-lived, and moved out of the collector's sight.
+
+    Without it every full collection walks all of them, about 0.1 s on this project's machine,
+    while every request waits: the p99 of a loaded server was that pause. Freezing is O(1);
+    objects frozen are still freed by reference counting (only cycles among them would stay).
+    """
+
+    def model_loaded(self, model: str, seconds: float, nbytes: int) -> None:
+        gc.freeze()
 
 
 async def warm_up(runtime: ServerRuntime) -> None:
