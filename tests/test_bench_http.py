@@ -343,9 +343,9 @@ def test_the_wrk_command_line():
 def test_chronoserve_configurations_parse():
     configs = bench.parse_configs(bench.DEFAULT_CONFIGS)
     assert configs == [
-        ("onnx", ["--backend", "onnx"]),
+        ("torch", ["--backend", "torch"]),
+        ("1fe", ["--http-workers", "1"]),
         ("2fe", ["--http-workers", "2"]),
-        ("2fe-onnx", ["--http-workers", "2", "--backend", "onnx"]),
     ]
     assert bench.parse_configs("") == []
     assert bench.parse_configs(" q=--log-level 'warning' ,") == [("q", ["--log-level", "warning"])]
@@ -377,7 +377,11 @@ def test_flags_that_serve_does_not_list_are_found():
     assert bench.flag_value(["--http-workers", "2"], "--backend", "torch") == "torch"
 
 
-def plan(help_text: str, takes_backend: bool, configs: str = bench.DEFAULT_CONFIGS) -> dict[str, object]:
+#: Variants on both backends (serve's own is onnx: bench.SERVE_BACKEND).
+CONFIGS = "torch=--backend torch,2fe=--http-workers 2,2fe-torch=--http-workers 2 --backend torch"
+
+
+def plan(help_text: str, takes_backend: bool, configs: str = CONFIGS) -> dict[str, object]:
     args = bench.argparse.Namespace(
         model="random/chronos-bolt-tiny",
         max_batch=32,
@@ -391,9 +395,10 @@ def plan(help_text: str, takes_backend: bool, configs: str = bench.DEFAULT_CONFI
 def test_the_plan_skips_what_cannot_run_here_with_the_reason():
     systems = plan(SERVE_HELP, takes_backend=False)
     cores = bench.os.cpu_count()
+    assert bench.SERVE_BACKEND == "onnx"
     assert list(systems) == [
-        "raw", "raw-onnx", "in-process", "in-process-onnx", "chronoserve", "chronoserve-onnx", "chronoserve-2fe",
-        "chronoserve-2fe-onnx", f"litserve-1x{cores}", f"litserve-2x{max(1, cores // 2)}",
+        "raw", "raw-onnx", "in-process-onnx", "in-process", "chronoserve", "chronoserve-torch", "chronoserve-2fe",
+        "chronoserve-2fe-torch", f"litserve-1x{cores}", f"litserve-2x{max(1, cores // 2)}",
         f"litserve-cs-1x{cores}", f"litserve-cs-2x{max(1, cores // 2)}",
     ]  # fmt: skip
     assert systems["chronoserve"].skipped is None
@@ -401,9 +406,9 @@ def test_the_plan_skips_what_cannot_run_here_with_the_reason():
         "chronoserve serve --models random/chronos-bolt-tiny --default-model random/chronos-bolt-tiny"
     )
     assert "--max-batch" not in systems["chronoserve"].cmd  # serve's defaults: no tuning flags
-    assert "does not list --backend" in systems["chronoserve-onnx"].skipped
+    assert "does not list --backend" in systems["chronoserve-torch"].skipped
     assert "does not list --http-workers" in systems["chronoserve-2fe"].skipped
-    assert "does not list --http-workers, --backend" in systems["chronoserve-2fe-onnx"].skipped
+    assert "does not list --http-workers, --backend" in systems["chronoserve-2fe-torch"].skipped
     assert "no backend=" in systems["raw-onnx"].skipped
     lit = systems[f"litserve-1x{cores}"]
     assert lit.cmd[-2:] == ["--mode", "upstream"] and "--torch-threads" not in lit.cmd  # as it comes
@@ -414,11 +419,12 @@ def test_the_plan_skips_what_cannot_run_here_with_the_reason():
 def test_the_plan_runs_the_variants_once_serve_and_the_loader_have_them():
     help_text = SERVE_HELP + "  --backend BACKEND\n  --http-workers N\n"
     systems = plan(help_text, takes_backend=True)
-    assert all(systems[n].skipped is None for n in ("raw-onnx", "chronoserve-onnx", "chronoserve-2fe-onnx"))
-    assert systems["chronoserve-2fe-onnx"].backend == "onnx" and systems["chronoserve-2fe"].backend == "torch"
-    assert systems["chronoserve-onnx"].cmd[-2:] == ["--backend", "onnx"]
-    assert list(plan(SERVE_HELP, False, configs="")) == [
-        "raw", "in-process", "chronoserve", *(n for n in systems if n.startswith("litserve"))
+    assert all(systems[n].skipped is None for n in ("raw-onnx", "chronoserve-torch", "chronoserve-2fe-torch"))
+    assert systems["chronoserve-2fe-torch"].backend == "torch" and systems["chronoserve-2fe"].backend == "onnx"
+    assert systems["chronoserve"].backend == "onnx"  # serve's own default
+    assert systems["chronoserve-torch"].cmd[-2:] == ["--backend", "torch"]
+    assert list(plan(help_text, True, configs="")) == [
+        "raw", "raw-onnx", "in-process-onnx", "chronoserve", *(n for n in systems if n.startswith("litserve"))
     ]  # fmt: skip
 
 
@@ -544,9 +550,11 @@ def test_a_short_run_of_raw_in_process_and_chronoserve(tmp_path: Path, capsys: p
     out = capsys.readouterr().out
     document = json.loads((tmp_path / "http.json").read_text())
     systems = {s["name"]: s for s in document["systems"]}
-    assert list(systems) == ["raw", "in-process", "chronoserve"]
-    assert systems["raw"]["raw"]["per_second"] > 0
-    for name in ("in-process", "chronoserve"):
+    # serve runs onnx by default: the raw loop on both backends, the engine in-process on serve's
+    assert list(systems) == ["raw", "raw-onnx", "in-process-onnx", "chronoserve"]
+    assert systems["raw"]["raw"]["per_second"] > 0 and systems["raw-onnx"]["raw"]["per_second"] > 0
+    assert systems["chronoserve"]["backend"] == "onnx"
+    for name in ("in-process-onnx", "chronoserve"):
         (p,) = systems[name]["points"]
         assert p["connections"] == 8 and p["per_s"] > 0 and p["requests"] > 0
         assert p["errors"] == 0 and p["error_text"] == "none"
@@ -560,7 +568,7 @@ def test_a_short_run_of_raw_in_process_and_chronoserve(tmp_path: Path, capsys: p
     goals = {g["what"] for g in document["goals"]}
     assert {"HTTP vs in-process", "same answers"} <= goals
     rows = (tmp_path / "http.csv").read_text().splitlines()
-    assert rows[0].startswith("system,kind,backend,connections") and len(rows) == 4
+    assert rows[0].startswith("system,kind,backend,connections") and len(rows) == 5
     assert (tmp_path / "http.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "body.json").read_text())["model_name"] == "random/tiny-chronos-bolt"
     assert "WRK_SUMMARY" in (tmp_path / "wrk" / "chronoserve-c8.txt").read_text()
