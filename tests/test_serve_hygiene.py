@@ -1,5 +1,7 @@
 """Connection hygiene of a real `chronoserve serve` process: no client can hang, crash or starve it.
 
+Every test runs against both guarded protocols: httptools (what `serve` picks) and h11 (its
+fallback without httptools; test_protocol_httptools.py compares the two byte for byte).
 Slow and hostile clients are raw sockets. Every wait is for a state (an answer, a closed
 socket, a log line) with a generous deadline: the server would otherwise keep these
 connections forever, so "it happened at all, within 30 s" is the property under test.
@@ -32,6 +34,19 @@ MODEL = "random/tiny-chronos-bolt"
 DEADLINE = 30.0  # seconds: an upper bound for things that take a second or two
 #: A POST /forecast announcing a 1000-byte body (the tests send less, or send it slowly).
 UPLOAD_HEAD = b"POST /forecast HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+#: `chronoserve serve` on the protocol named by its first argument: "h11" runs it as if httptools
+#: were not installed. It first prints which protocol class it will serve with.
+SERVE = """
+import sys
+if sys.argv.pop(1) == "h11":
+    sys.modules["httptools"] = None
+from chronoserve.cli import main
+from chronoserve.server.protocol import guarded_protocol
+from chronoserve.server.runtime import ServerSettings
+print("protocol:", guarded_protocol(ServerSettings()).__mro__[1].__name__, flush=True)
+raise SystemExit(main())
+"""
+PROTOCOLS = {"httptools": "GuardedHttpToolsProtocol", "h11": "GuardedH11Protocol"}
 
 
 # -- a server process -------------------------------------------------------------------------
@@ -42,6 +57,7 @@ class Server:
     port: int
     proc: subprocess.Popen[bytes]
     log: Path
+    protocol: str
 
     @property
     def url(self) -> str:
@@ -55,16 +71,16 @@ class Server:
 
 
 @contextlib.contextmanager
-def serving(tmp: Path, *options: str) -> Iterator[Server]:
+def serving(tmp: Path, protocol: str, *options: str) -> Iterator[Server]:
     port = free_port()
     log_path = tmp / "server.log"
     cmd = [
-        sys.executable, "-m", "chronoserve", "serve", "--host", "127.0.0.1", "--port", str(port),
+        sys.executable, "-c", SERVE, protocol, "serve", "--host", "127.0.0.1", "--port", str(port),
         "--default-model", MODEL, "--no-warmup", *options,
     ]  # fmt: skip
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
-    server = Server(port, proc, log_path)
+    server = Server(port, proc, log_path, protocol)
     try:
         try:
             wait_ready(server.url, proc)
@@ -77,22 +93,29 @@ def serving(tmp: Path, *options: str) -> Iterator[Server]:
         proc.wait(timeout=10)
 
 
+@pytest.fixture(scope="module", params=list(PROTOCOLS))
+def protocol(request: pytest.FixtureRequest) -> str:
+    """Which guarded protocol the servers run: every test runs on each."""
+    name: str = request.param
+    return name
+
+
 @pytest.fixture(scope="module")
-def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def strict(tmp_path_factory: pytest.TempPathFactory, protocol: str) -> Iterator[Server]:
     """Short deadlines: slow clients are cut off within a second or two."""
     options = [
         "--header-timeout", "1", "--body-timeout", "2", "--keep-alive-timeout", "2",
         "--max-header-bytes", "4096", "--max-connections", "20",
     ]  # fmt: skip
-    with serving(tmp_path_factory.mktemp("strict"), *options) as server:
+    with serving(tmp_path_factory.mktemp("strict"), protocol, *options) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def patient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def patient(tmp_path_factory: pytest.TempPathFactory, protocol: str) -> Iterator[Server]:
     """Long deadlines and a small connection cap: slow clients stay until the test lets go."""
     options = ["--header-timeout", "60", "--body-timeout", "60", "--keep-alive-timeout", "60", "--max-connections", "5"]
-    with serving(tmp_path_factory.mktemp("patient"), *options) as server:
+    with serving(tmp_path_factory.mktemp("patient"), protocol, *options) as server:
         yield server
 
 
@@ -186,6 +209,23 @@ def start_upload(server: Server, sent: bytes = b'{"city": "dongsi", ') -> socket
     sock.sendall(UPLOAD_HEAD + sent)
     assert get_healthz(server).status == 200
     return sock
+
+
+# -- the protocol ------------------------------------------------------------------------------
+
+
+def test_serves_with_the_protocol_asked_for(strict: Server) -> None:
+    assert f"protocol: {PROTOCOLS[strict.protocol]}\n" in strict.log_text()
+    # The parsers differ on line ends: h11 takes a bare LF, llhttp wants CRLF (and its
+    # refusal is our JSON 400, not uvicorn's plain text).
+    with strict.connect() as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\nHost: test\nConnection: close\n\n")
+        answer = parse(read_to_close(sock))
+    if strict.protocol == "h11":
+        assert answer.status == 200
+    else:
+        assert answer.status == 400
+        assert answer.json() == {"detail": "invalid HTTP request"}
 
 
 # -- the request head -------------------------------------------------------------------------
@@ -329,9 +369,10 @@ def test_client_gone_mid_upload_logs_one_line(patient: Server) -> None:
     assert "ClientDisconnect" not in output
 
 
-def test_sigterm_with_a_half_sent_body_answers_503_and_exits(tmp_path: Path) -> None:
+def test_sigterm_with_a_half_sent_body_answers_503_and_exits(tmp_path: Path, protocol: str) -> None:
     drain = 3.0
-    with serving(tmp_path, "--drain-timeout", str(drain), "--header-timeout", "60", "--body-timeout", "60") as server:
+    options = ["--drain-timeout", str(drain), "--header-timeout", "60", "--body-timeout", "60"]
+    with serving(tmp_path, protocol, *options) as server:
         with start_upload(server) as sock:
             server.proc.send_signal(signal.SIGTERM)
             answer = parse(read_to_close(sock))

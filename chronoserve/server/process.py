@@ -7,7 +7,8 @@ fails what is left with 503; uvicorn closes the listening socket, waits for the 
 requests to be answered, runs the lifespan's shutdown and the process exits 0. A body still
 arriving at the signal is not waited for: its handler answers 503 at once (see body.py).
 
-Connections are served by the h11 protocol of :mod:`.protocol`, which bounds what a client
+Connections are served by the guarded protocol of :mod:`.protocol` (httptools' C parser, h11
+without it), which bounds what a client
 may hold: time to send its headers, their size, idle time between requests, open connections.
 """
 
@@ -80,8 +81,8 @@ def draining_server(app: ASGIApp, settings: ServerSettings, log_level: str, **wh
         app,
         log_level=log_level,
         lifespan="on",
-        # Our h11 protocol with the connection limits (see protocol.py); a class here also keeps
-        # uvicorn from picking httptools, which would bypass them.
+        # Our protocol with the connection limits (see protocol.py): httptools, or h11 without it.
+        # A class here keeps uvicorn from using an unguarded one.
         http=guarded_protocol(settings),
         timeout_keep_alive=math.ceil(settings.keep_alive_timeout),
         # h11's own limit on an incomplete head: a backstop behind the protocol's 431.
