@@ -108,7 +108,17 @@ def test_other_settings_in_the_same_out_exit_2(tmp_path: Path, capsys):
 def _interrupt_after(cmd: list[str], prefix: str) -> tuple[int, str]:
     """Run ``cmd``, send SIGINT once a stderr line starts with ``prefix``; (exit code, stderr)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    # A test run started in the background (`cmd &` in a script) ignores SIGINT, as shells do for
+    # background jobs, and a child inherits that: Python then never raises KeyboardInterrupt, the
+    # sweep runs to its end and exits 0. Ctrl-C reaches a foreground program: give the child that.
+    proc = subprocess.Popen(
+        cmd,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     assert proc.stderr is not None
     seen = []
     for line in proc.stderr:

@@ -41,6 +41,10 @@ def engine_pids(log: Path) -> list[int]:
     return [int(p) for p in re.findall(r"started the engine process \(pid (\d+)\)", log.read_text())]
 
 
+def connections(log: Path) -> int:
+    return log.read_text().count("connected to the engine process")
+
+
 def ready(url: str) -> bool:
     try:
         return httpx.get(f"{url}/readyz", timeout=2.0).status_code == 200
@@ -84,6 +88,8 @@ def test_front_end_processes_forecast_survive_an_engine_death_and_drain(tmp_path
         assert all("retry-after" in a.headers for a in answers)
 
         until_sync(lambda: len(engine_pids(log_path)) == 2, "the engine process restarted", deadline=60)
+        # Both front ends reconnected (each logs it: twice at the start, twice after the restart).
+        until_sync(lambda: connections(log_path) >= 4, "both front ends reconnected", deadline=120)
         until_sync(lambda: ready(url), "the restarted engine ready", deadline=120)
         r = httpx.post(f"{url}/forecast/batch", json=FULL_BATCH, timeout=60)
         assert r.status_code == 200 and {i["status"] for i in r.json()["results"]} == {200}

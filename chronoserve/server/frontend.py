@@ -50,6 +50,8 @@ logger = logging.getLogger("chronoserve.server")
 
 #: Seconds a client is told to wait (``Retry-After``) while the engine process is away.
 ENGINE_RETRY_AFTER = 2.0
+#: Seconds a starting front end waits for the engine process before it accepts connections anyway.
+ENGINE_WAIT_SECONDS = 120.0
 #: Seconds between flushes of the HTTP counts to the engine process (and before each scrape).
 COUNTS_FLUSH_SECONDS = 0.5
 
@@ -248,6 +250,13 @@ def create_frontend_app(
         runtime.forecaster, runtime.counts = remote, CountsForwarder(remote, name)
         runtime.ready = True  # readiness is the engine's: /readyz is forwarded
         await remote.start()
+        # Accept connections once the engine process is there, so that a front end that is
+        # listening can forward (the others may already be serving); a missing engine is
+        # answered 503 after ENGINE_WAIT_SECONDS rather than by connections refused forever.
+        try:
+            await asyncio.wait_for(remote.connected.wait(), ENGINE_WAIT_SECONDS)
+        except asyncio.TimeoutError:
+            logger.warning("no engine process after %.0f s: serving, answering 503 until it comes", ENGINE_WAIT_SECONDS)
         gc.freeze()  # what the front end holds from now on is long-lived (see runtime.HeapFreezer)
         try:
             yield {"runtime": runtime}
