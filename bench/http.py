@@ -19,7 +19,7 @@ chronoserve's embedded store, ``horizon_hours`` 24, ``quantile_levels`` [0.1, 0.
 - ``chronoserve``: ``chronoserve serve --models M --default-model M`` and nothing else (B and Δt
   are its defaults, 32 and 10 ms, and its backend onnx), then each ``--chronoserve-configs``
   variant (``LABEL=flags``: by default ``torch`` with ``--backend torch``, ``1fe`` and ``2fe``
-  with ``--http-workers 1`` and ``2`` front-end processes);
+  with ``--http-workers 1`` and ``2`` front-end processes, ``2fe-torch`` with both);
   a variant whose flags ``chronoserve serve --help`` does not list is skipped, with the reason.
 - ``litserve-1x2`` and ``litserve-2x1``: LitServe 0.2.19 as its users write it
   (``bench/_litserve_app.py --mode upstream``: the upstream ``BaseChronosPipeline`` and its
@@ -96,7 +96,9 @@ DEFAULT_SERIES = "dongsi"
 CONTEXT_POINTS = 240
 HORIZON = 24
 LEVELS = (0.1, 0.5, 0.9)
-DEFAULT_CONFIGS = "torch=--backend torch,1fe=--http-workers 1,2fe=--http-workers 2"
+DEFAULT_CONFIGS = (
+    "torch=--backend torch,1fe=--http-workers 1,2fe=--http-workers 2,2fe-torch=--http-workers 2 --backend torch"
+)
 #: ``chronoserve serve``'s own B and Δt: passed only when the bench is asked for others.
 SERVE_MAX_BATCH, SERVE_MAX_WAIT_MS = 32, 10.0
 SAME_BACKEND_RTOL = 1e-5

@@ -346,6 +346,7 @@ def test_chronoserve_configurations_parse():
         ("torch", ["--backend", "torch"]),
         ("1fe", ["--http-workers", "1"]),
         ("2fe", ["--http-workers", "2"]),
+        ("2fe-torch", ["--http-workers", "2", "--backend", "torch"]),
     ]
     assert bench.parse_configs("") == []
     assert bench.parse_configs(" q=--log-level 'warning' ,") == [("q", ["--log-level", "warning"])]
