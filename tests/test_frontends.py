@@ -288,3 +288,16 @@ async def test_the_server_cpu_counts_the_front_ends_and_never_goes_back(tmp_path
         assert after >= total + 5.0
         cpu.report("http-0", 0.1)  # restarted: what it had used stays counted
         assert cpu.gone >= 5.0
+
+
+async def test_an_unexpected_engine_failure_is_answered_and_the_engine_server_keeps_serving(tmp_path, monkeypatch):
+    async with pair(tmp_path) as (both, client, _):
+
+        def broken(request, spec):
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(both.engine, "enqueue", broken)
+        r = await client.post("/forecast", json=BODY)
+        assert r.status_code == 500 and r.json()["detail"] == "internal error: RuntimeError"
+        monkeypatch.undo()
+        assert (await client.post("/forecast", json=BODY)).status_code == 200  # the loop still takes frames

@@ -98,8 +98,8 @@ class EngineServer:
             return
         try:
             future = engine.enqueue(request, spec)  # no task per request
-        except ChronoserveError as exc:
-            self._send(peer, [call, wire.ERROR, wire.pack_error(exc)])
+        except Exception as exc:  # every call is answered, and nothing stops the loop that takes frames
+            self._refuse(peer, call, exc)
             return
         self._follow(peer, call, future)
 
@@ -108,10 +108,15 @@ class EngineServer:
         assert engine is not None
         try:
             future = await engine.submit(request)
-        except ChronoserveError as exc:
-            self._send(peer, [call, wire.ERROR, wire.pack_error(exc)])
+        except Exception as exc:
+            self._refuse(peer, call, exc)
             return
         self._follow(peer, call, future)
+
+    def _refuse(self, peer: bytes, call: int, error: Exception) -> None:
+        if not isinstance(error, ChronoserveError):
+            logger.error("a forecast failed in the engine process", exc_info=error)
+        self._send(peer, [call, wire.ERROR, wire.pack_error(error)])
 
     def _follow(self, peer: bytes, call: int, future: asyncio.Future[ForecastResult]) -> None:
         self._running[(peer, call)] = future
