@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from chronoserve._files import write_atomic
 from chronoserve.data import SeriesStore
 from chronoserve.eval.aggregate import relative_rows, summary_rows
 from chronoserve.eval.grid import METRICS, WINDOW_FIELDS, SweepSettings
@@ -64,13 +65,14 @@ RELATIVE_FIELDS: tuple[str, ...] = (
 
 
 def _write_csv(path: Path, fields: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(fields), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _cell(row.get(k)) for k in fields})
-    tmp.replace(path)
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(fields), extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: _cell(row.get(k)) for k in fields})
+
+    write_atomic(path, write)
     return path
 
 

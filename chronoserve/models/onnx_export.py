@@ -38,15 +38,15 @@ import importlib.metadata
 import json
 import logging
 import os
-import tempfile
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from chronoserve._files import write_atomic
 from chronoserve.models.base import CHRONOS_2, CHRONOS_BOLT
 
 #: Bump when the export's code changes what it writes: old files are then never read again.
@@ -212,20 +212,6 @@ def quantize_int8(source: Path, path: Path) -> None:
             )
     finally:
         prepared.unlink(missing_ok=True)
-
-
-def write_atomic(target: Path, write: Callable[[Path], None]) -> None:
-    """Let ``write`` fill a temporary file beside ``target``, then rename it into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        tmp.chmod(0o644)  # mkstemp makes it private; a cache is readable like the checkpoint
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # -- what is exported -------------------------------------------------------------------------
