@@ -65,8 +65,7 @@ def create_app(
         if s.log_predictions is not None:
             predictions = CsvMetricsLogger(s.log_predictions, PREDICTION_FIELDS)
             runtime.engine.add_observer(PredictionRecorder(predictions))
-        runtime.default_model = runtime.engine.canonical(s.default_model)
-        runtime.extra_models = tuple(dict.fromkeys(runtime.engine.canonical(m) for m in s.models))
+        runtime.name_models(runtime.engine.canonical)
         runtime.engine.add_observer(HeapFreezer())
         runtime.forecaster, runtime.counts = runtime.engine, runtime.metrics
         await runtime.engine.start()

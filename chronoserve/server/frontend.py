@@ -241,11 +241,9 @@ def create_frontend_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
-        s = runtime.settings
         runtime.start()
-        loader = s.engine.loader()  # names only: no torch in a front end
-        runtime.default_model = loader.canonical(s.default_model)
-        runtime.extra_models = tuple(dict.fromkeys(loader.canonical(m) for m in s.models))
+        loader = runtime.settings.engine.loader()  # names only: no torch in a front end
+        runtime.name_models(loader.canonical)
         remote = RemoteEngine(address, loader)
         runtime.forecaster, runtime.counts = remote, CountsForwarder(remote, name)
         runtime.ready = True  # readiness is the engine's: /readyz is forwarded

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypedDict
 
@@ -114,6 +114,12 @@ class ServerRuntime:
         if self.store is None:
             s = self.settings
             self.store = SeriesStore.from_dir(s.data) if s.data else SeriesStore.embedded()
+
+    def name_models(self, canonical: Callable[[object], str]) -> None:
+        """The canonical names of the default model and the operator's ``--models``, by ``canonical``
+        (the engine's, or in a front end its loader's: the same names either way)."""
+        self.default_model = canonical(self.settings.default_model)
+        self.extra_models = tuple(dict.fromkeys(canonical(m) for m in self.settings.models))
 
     def begin_drain(self) -> None:
         """Stop accepting (readyz 503), run what is queued within the drain timeout, fail the rest with 503."""
