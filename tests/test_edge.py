@@ -330,6 +330,20 @@ def test_bad_flags_are_usage_errors_naming_the_flag(argv, message, capsys, tmp_p
 
 @pytest.mark.torch
 @pytest.mark.slow
+def test_a_failed_quiet_run_says_the_last_line_its_process_wrote(tmp_path):
+    pytest.importorskip("torch")
+    from chronoserve.edge._cli import CHILD_STDERR, run_child
+    from chronoserve.errors import ChronoserveError
+
+    config = BenchConfig(model="random/no-such-model", cores=tuple(choose_cores(1, allowed_cores())), out=str(tmp_path))
+    with pytest.raises(ChronoserveError) as failed:
+        run_child(config.to_dict(), quiet=True)
+    assert str(failed.value).startswith(f"the run {tmp_path.name} failed (exit 1): chronoserve edge-bench: error: ")
+    assert "no-such-model" in str(failed.value) and "no-such-model" in (tmp_path / CHILD_STDERR).read_text()
+
+
+@pytest.mark.torch
+@pytest.mark.slow
 def test_a_short_pinned_run_of_a_tiny_model_in_a_child_process(tmp_path, capsys):
     """One real run: the child is pinned to one core (of the two here) with one torch thread,
     records both after the model is loaded, and writes every file; VALID.
@@ -351,7 +365,10 @@ def test_a_short_pinned_run_of_a_tiny_model_in_a_child_process(tmp_path, capsys)
                  "rss_over_time.png", "temperature_over_time.png"):  # fmt: skip
         assert (tmp_path / name).stat().st_size > 0, name
     run_dir = tmp_path / "runs" / "cores1-batch1"
-    assert {p.name for p in run_dir.iterdir()} == {"config.json", "result.json", "batches.csv", "samples.csv"}
+    # --quiet: the child's standard error is kept beside its outputs (its last line names a failure).
+    assert {p.name for p in run_dir.iterdir()} == {
+        "config.json", "result.json", "batches.csv", "samples.csv", "stderr.log"
+    }  # fmt: skip
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["verdict"] == "VALID" and summary["random_weights"] is True
     (run,) = summary["runs"]
@@ -363,6 +380,11 @@ def test_a_short_pinned_run_of_a_tiny_model_in_a_child_process(tmp_path, capsys)
     assert pinning["parallel_info"]["at::get_num_threads()"] == "1"
     assert run["pinning"]["at_end"]["ok"] is True
     assert run["pinning"]["threads_at_pin"] == 1  # pinned before any other thread existed
+    # Forked from the preloaded fork server: torch was imported there, before the pinning, and
+    # its pools were still sized here (torch_num_threads above); the record says so.
+    start = run["pinning"]["process_start"]
+    assert start["method"] == "fork-server" and start["preloaded"] is True and start["seconds"] >= 0
+    assert "OMP_NUM_THREADS" in start["import_environment"]  # as torch's import saw it, in the fork server
     assert summary["machine"]["allowed_cores"] == allowed_cores() and summary["machine"]["kernel"] == os.uname().release
     assert summary["software"]["torch"] and summary["model"]["dtype"] == "float32"
     assert run["measured"]["queries"] >= 64 and run["early_stopping_p90"]["estimate"] is not None

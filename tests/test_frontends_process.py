@@ -1,8 +1,9 @@
-"""``chronoserve serve --http-workers 2`` for real: three spawned processes on 127.0.0.1 and torch.
+"""``chronoserve serve --http-workers 2`` for real: three processes on 127.0.0.1 and torch.
 
-Across the processes a forecast is answered; an engine process killed with requests in it
-fails them with 503 and is restarted; SIGTERM drains the queued requests through every
-process and the server exits 0.
+The processes come from the preloaded fork server (chronoserve.forkserver). Across them a
+forecast is answered; an engine process killed with requests in it fails them with 503 and is
+restarted (from the fork server too); SIGTERM drains the queued requests through every process
+and the server exits 0.
 """
 
 from __future__ import annotations
@@ -109,4 +110,7 @@ def test_front_end_processes_forecast_survive_an_engine_death_and_drain(tmp_path
             proc.wait(timeout=10)
     text = log_path.read_text()
     assert "exited with signal SIGKILL" in text and "all processes stopped" in text
+    # Each of the four starts (the engine twice, two front ends) from the fork server, each up in a logged time.
+    assert len(re.findall(r"started the (engine|http-\d) process \(pid \d+\) from the fork server", text)) == 4
+    assert len(re.findall(r"process \(pid \d+\) is up [\d.]+ s after its start \(fork-server\)", text)) == 4
     assert "Traceback" not in text

@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from chronoserve._cli_common import UsageError
 
-from .pinning import THREAD_ENV, allowed_cores, choose_cores, format_cores, parse_core_counts
+from .pinning import allowed_cores, choose_cores, format_cores, parse_core_counts
 from .rules import CONTAMINATION_PERCENT
 
 
@@ -151,35 +150,54 @@ def plan(args: argparse.Namespace) -> tuple[list[dict[str, Any]], Path]:
     return configs, out
 
 
+#: In quiet mode, where a run's child writes its standard error (its last line goes into the error of a failed run).
+CHILD_STDERR = "stderr.log"
+
+
 def run_child(config: dict[str, Any], quiet: bool = False) -> dict[str, Any]:
-    """Run one configuration in a fresh process that pins itself first; return its ``result.json``."""
+    """Run one configuration in a fresh process that pins itself first; return its ``result.json``.
+
+    The process is a worker of :mod:`chronoserve.forkserver` (forked from the preloaded fork
+    server, or spawned) running :func:`chronoserve.edge.__main__.main`, as ``python -m
+    chronoserve.edge`` does; it pins itself and sets torch's threads before any thread exists.
+    ``quiet``: its standard output is dropped and its standard error kept in the run's
+    directory (:data:`CHILD_STDERR`). Interrupted (Ctrl-C), this process stops the child too.
+    """
+    from chronoserve.errors import ChronoserveError
+    from chronoserve.forkserver import run_worker
+
+    from .__main__ import main as run_config
+
     run_dir = Path(config["out"])
     run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("result.json", "batches.csv", "samples.csv"):
+    for stale in ("result.json", "batches.csv", "samples.csv", CHILD_STDERR):
         (run_dir / stale).unlink(missing_ok=True)
     config_path = run_dir / "config.json"
     config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    env = dict(os.environ)
-    for name in THREAD_ENV:  # OpenMP / BLAS pools sized to k from their first thread
-        env[name] = str(len(config["cores"]))
-    command = [sys.executable, "-m", "chronoserve.edge", str(config_path)]
-    # The child pins itself before it imports torch (see chronoserve.edge.__main__).
-    done = subprocess.run(
-        command,
-        env=env,
-        stdout=subprocess.DEVNULL if quiet else None,
-        stderr=subprocess.PIPE if quiet else None,
-        text=True,
-        check=False,
+    stderr = run_dir / CHILD_STDERR if quiet else None
+    code = run_worker(
+        run_config,
+        ([str(config_path)],),
+        name=f"chronoserve-edge-{run_dir.name}",
+        stdout=os.devnull if quiet else None,
+        stderr=stderr,
     )
     result_path = run_dir / "result.json"
-    if done.returncode != 0 or not result_path.is_file():
-        from chronoserve.errors import ChronoserveError
-
-        tail = f": {done.stderr.strip().splitlines()[-1]}" if quiet and done.stderr and done.stderr.strip() else ""
-        raise ChronoserveError(f"the run {run_dir.name} failed (exit {done.returncode}){tail}")
+    if code != 0 or not result_path.is_file():
+        tail = _last_line(stderr) if stderr is not None else None
+        raise ChronoserveError(f"the run {run_dir.name} failed (exit {code}){f': {tail}' if tail else ''}")
     result: dict[str, Any] = json.loads(result_path.read_text(encoding="utf-8"))
     return result
+
+
+def _last_line(path: Path) -> str | None:
+    """The last line of a file that is not blank (None if there is none, or no file)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else None
 
 
 def command_line(args: argparse.Namespace) -> list[str]:

@@ -9,14 +9,12 @@ import datetime as dt
 import json
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .._cli_common import UsageError
-from ..edge.pinning import THREAD_ENV
 from ..models.catalog import DEFAULT_MODEL
 from .classes import DEFAULT_CLASSES, QUICK_CLASSES, QueryClass, parse_classes
 from .runner import RunSettings, Work, row_key
@@ -178,23 +176,19 @@ def _previous_rows(out: Path, settings: RunSettings, *, fresh: bool) -> list[dic
 
 
 def _run_child(work: Work, directory: Path) -> int:
-    """Run one profile process; if this one is interrupted or terminated, so is the child."""
+    """Run one profile process; if this one is interrupted or terminated, so is the child.
+
+    The process is a worker of :mod:`chronoserve.forkserver` (forked from the preloaded fork
+    server, or spawned) running :func:`chronoserve.profile.__main__.main`, as ``python -m
+    chronoserve.profile`` does, which sets torch's threads first.
+    """
+    from ..forkserver import run_worker
+    from .__main__ import main as run_work
+
     path = directory / f"work-{work.model.replace('/', '_')}-{work.workers}x{work.torch_threads}.json"
     path.write_text(json.dumps(work.to_dict(), indent=2) + "\n", encoding="utf-8")
-    env = dict(os.environ)
-    for name in THREAD_ENV:  # OpenMP / BLAS pools sized from their first thread
-        env[name] = str(work.torch_threads)
-    child = subprocess.Popen([sys.executable, "-m", "chronoserve.profile", str(path)], env=env)
     try:
-        return child.wait()
-    except BaseException:
-        child.terminate()
-        try:
-            child.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-        raise
+        return run_worker(run_work, ([str(path)],), name=f"chronoserve-profile-{work.workers}x{work.torch_threads}")
     finally:
         path.unlink(missing_ok=True)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import os
 import signal
 import threading
@@ -95,13 +96,23 @@ def draining_server(app: ASGIApp, settings: ServerSettings, log_level: str, **wh
 
 
 def exit_with_parent(interval: float = 1.0) -> None:
-    """In a child: drain (SIGTERM to itself) if the supervisor dies, rather than hold the port as an orphan."""
-    parent = os.getppid()
+    """In a child: drain (SIGTERM to itself) if the supervisor dies, rather than hold the port as an orphan.
+
+    The supervisor is the process that started this one (``multiprocessing.parent_process()``),
+    whose end its sentinel tells at once, a SIGKILL included: the OS parent (``os.getppid()``)
+    of a process started from the fork server is the fork server (:mod:`chronoserve.forkserver`).
+    A process that ``multiprocessing`` did not start looks at its OS parent every ``interval`` seconds.
+    """
+    parent = multiprocessing.parent_process()
+    pid = parent.pid if parent is not None else os.getppid()
 
     def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(interval)
-        logger.error("the supervisor process (pid %d) is gone: draining", parent)
+        if parent is not None:
+            parent.join()  # returns once the supervisor is gone
+        else:
+            while os.getppid() == pid:
+                time.sleep(interval)
+        logger.error("the supervisor process (pid %s) is gone: draining", pid)
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="chronoserve-parent-watch", daemon=True).start()

@@ -1,7 +1,9 @@
 """``chronoserve serve --http-workers N``: N front-end processes, one engine process, this one watching.
 
-This process binds the listening socket and starts (with ``multiprocessing``'s spawn, fresh
-interpreters):
+This process binds the listening socket and starts (from the fork server of
+:mod:`chronoserve.forkserver`, which has imported torch and the server already, so a process
+starts, or restarts, in well under a second; with ``multiprocessing``'s spawn where the fork
+server is refused or missing):
 
 - the **engine process** (:mod:`.engine_process`): the models, the policy, the metrics, one
   engine that sees every request, so batching is whole and nothing is loaded twice;
@@ -9,18 +11,19 @@ interpreters):
   connections): uvicorn, validation and answers, talking to the engine over ZeroMQ ``ipc://``
   in a directory only this user can open.
 
-It restarts a process that dies (after a pause that doubles while it keeps dying young, up to
-:data:`MAX_BACKOFF_SECONDS`); the front ends fail what the dead engine held with 503 and
-answer 503 ``engine_unavailable`` until it is back. On SIGTERM or SIGINT every process drains
-as the one-process server does (stop accepting, finish queued work within
-``--drain-timeout``, answer every open request) and this one exits 0 once they all have.
+It logs how each process started and how long it took to be ready to run (the fork server or
+spawn, seconds from its start), and restarts a process that dies (after a pause that doubles
+while it keeps dying young, up to :data:`MAX_BACKOFF_SECONDS`); the front ends fail what the
+dead engine held with 503 and answer 503 ``engine_unavailable`` until it is back. On SIGTERM
+or SIGINT every process drains as the one-process server does (stop accepting, finish queued
+work within ``--drain-timeout``, answer every open request) and this one exits 0 once they
+all have. Each process drains too if this one dies, even by SIGKILL (``exit_with_parent``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
 import multiprocessing.connection
 import os
 import shutil
@@ -34,6 +37,7 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
 
+from ..forkserver import FORK_SERVER, Worker, start_worker, worker_context
 from .runtime import ServerSettings
 
 logger = logging.getLogger("chronoserve.server")
@@ -45,14 +49,24 @@ MAX_BACKOFF_SECONDS = 30.0
 SHUTDOWN_GRACE_SECONDS = 10.0
 
 
+#: What each process imports before it reports itself ready to run (already imported in the fork server).
+ENGINE_IMPORTS = ("torch", "chronos", "chronoserve.models.chronos", "chronoserve.server.engine_process")
+FRONTEND_IMPORTS = ("chronoserve.server.frontend",)
+
+
 @dataclass
 class _Child:
     name: str
-    start: Callable[[], BaseProcess]
-    process: BaseProcess | None = None
+    start: Callable[[], Worker]
+    worker: Worker | None = None
     started_at: float = 0.0
     failures: int = 0
     restart_at: float | None = None
+    announced: bool = False
+
+    @property
+    def process(self) -> BaseProcess | None:
+        return self.worker.process if self.worker is not None else None
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -83,19 +97,24 @@ class Supervisor:
         from .engine_process import engine_main
         from .frontend import frontend_main
 
-        spawn = multiprocessing.get_context("spawn")
+        context = worker_context()  # the fork server, preloaded (probed once: seconds), or spawn
         sock = listening_socket(self.host, self.port)
         host, port = sock.getsockname()[:2]
         directory = tempfile.mkdtemp(prefix="chronoserve-")  # mode 0700: only this user reaches the engine
         address = f"ipc://{os.path.join(directory, 'engine.ipc')}"
         s, level = self.settings, self.log_level
 
-        def engine() -> BaseProcess:
-            return spawn.Process(target=engine_main, args=(s, address, level), name="chronoserve-engine")
+        def engine() -> Worker:
+            args = (s, address, level)
+            return start_worker(engine_main, args, name="chronoserve-engine", imports=ENGINE_IMPORTS, context=context)
 
-        def frontend(i: int) -> Callable[[], BaseProcess]:
-            return lambda: spawn.Process(
-                target=frontend_main, args=(s, address, [sock], level, i), name=f"chronoserve-http-{i}"
+        def frontend(i: int) -> Callable[[], Worker]:
+            return lambda: start_worker(
+                frontend_main,
+                (s, address, [sock], level, i),
+                name=f"chronoserve-http-{i}",
+                imports=FRONTEND_IMPORTS,
+                context=context,
             )
 
         children = [_Child("engine", engine)] + [_Child(f"http-{i}", frontend(i)) for i in range(self.http_workers)]
@@ -122,11 +141,25 @@ class Supervisor:
         self._stopping = True
 
     def _start(self, child: _Child) -> None:
-        child.process = child.start()
-        child.process.start()
+        if child.worker is not None:
+            child.worker.close()
+        child.worker = child.start()
         child.started_at = time.monotonic()
         child.restart_at = None
-        logger.info("started the %s process (pid %s)", child.name, child.process.pid)
+        child.announced = False
+        how = "from the fork server" if child.worker.method == FORK_SERVER else "by spawn"
+        logger.info("started the %s process (pid %s) %s", child.name, child.worker.pid, how)
+
+    def _announce(self, child: _Child) -> None:
+        """Log once how long the child took to be ready to run, when it has said so."""
+        worker = child.worker
+        if worker is None or child.announced:
+            return
+        start = worker.startup(timeout=0)
+        if start is not None:
+            when = f"{start.seconds:.2f} s after its start ({start.method})"
+            logger.info("the %s process (pid %s) is up %s", child.name, worker.pid, when)
+        child.announced = start is not None or not worker.reporting
 
     def _watch(self, children: list[_Child]) -> None:
         now = time.monotonic()
@@ -134,7 +167,10 @@ class Supervisor:
             if child.restart_at is not None and now >= child.restart_at and not self._stopping:
                 self._start(child)
         alive = [c.process.sentinel for c in children if c.process is not None and c.restart_at is None]
-        multiprocessing.connection.wait(alive, timeout=0.2)
+        reports = [c.worker.reports for c in children if c.worker is not None and not c.announced]
+        multiprocessing.connection.wait([*alive, *reports], timeout=0.2)
+        for child in children:
+            self._announce(child)
         for child in children:
             process = child.process
             if process is None or child.restart_at is not None or process.is_alive() or self._stopping:
