@@ -157,13 +157,55 @@ class ModelLoader:
 
         return check_model_name(name)
 
+    def import_modules(self) -> None:
+        """Import what :meth:`load` needs (for Chronos: torch, transformers, chronos).
+
+        The engine calls it once, on a load thread, when it starts, and reports the time apart
+        from any load (``import_seconds``), so ``load_seconds`` is the load alone. Default: nothing.
+        """
+
     def resolve(self, name: str) -> ModelSpec:
         """Describe ``name`` without loading weights (raises :class:`~chronoserve.errors.UnknownModel`)."""
         raise NotImplementedError
 
-    def load(self, spec: ModelSpec) -> ModelBackend:
-        """Load ``spec``'s weights (raises :class:`~chronoserve.errors.ModelLoadError`)."""
+    def load(self, spec: ModelSpec, host: HostCopy | None = None) -> ModelBackend:
+        """Load ``spec``'s weights (raises :class:`~chronoserve.errors.ModelLoadError`).
+
+        ``host``: a copy this loader's :meth:`offload` made of the same model when it was
+        evicted; the load promotes it (no read from disk) and gives the same answers.
+        """
         raise NotImplementedError
+
+    def offload(self, backend: ModelBackend) -> HostCopy | None:
+        """What to keep in host memory of an evicted ``backend`` so that reloading it is faster.
+
+        None (the default): this loader has no host tier, an evicted model is reloaded from
+        where it came from. Called on a load thread, before :meth:`ModelBackend.close`.
+        """
+        return None
+
+    def tier(self, spec: ModelSpec) -> str:
+        """Where ``spec``'s weights are when not resident and not in the host tier: ``disk``
+        (a local file) or ``hub`` (a download first). Cheap: it runs on the event loop."""
+        return "disk"
+
+
+#: Where a model's weights are, fastest to reload first: built and ready (``resident``), kept in
+#: host memory by the engine (``host``), in a local file (``disk``), or to be downloaded (``hub``).
+TIERS = ("resident", "host", "disk", "hub")
+
+
+@dataclass(frozen=True)
+class HostCopy:
+    """A model's weights kept in host memory after its eviction (the ``host`` tier).
+
+    ``nbytes`` counts against the engine's host-cache budget; ``payload`` is the loader's own
+    (for Chronos: the state dict's tensors, shared with nothing that runs).
+    """
+
+    model: str
+    nbytes: int
+    payload: object = field(repr=False, compare=False)
 
 
 def interpolate_quantiles(

@@ -420,9 +420,30 @@ CATALOG: Mapping[str, CatalogEntry] = {e.name: e for e in (*_TRAINED, *_ENTRIES)
 _BY_HUB_ID: Mapping[str, CatalogEntry] = {e.hub_id: e for e in _ENTRIES if e.hub_id}
 
 
-def find_entry(name: str) -> CatalogEntry | None:
-    """The entry called ``name`` (short name or hub id, with or without ``random/``), or None."""
+#: The largest seed a ``random/<name>@<seed>`` may name.
+MAX_RANDOM_SEED = 2**31 - 1
+
+
+def random_seed(name: str) -> tuple[str, int]:
+    """Split ``random/<name>@<seed>`` into ``random/<name>`` and its seed (0 without ``@``).
+
+    Each seed is another random checkpoint of the same architecture (its own directory in the
+    cache), so ``random/chronos-bolt-tiny@1`` and ``@2`` are two models: what a multi-model
+    trace needs. A suffix that is not a decimal seed up to :data:`MAX_RANDOM_SEED`, or a name
+    without ``random/``, is left as it is (and is then no catalog name).
+    """
     key = name.strip()
+    base, at, seed = key.rpartition("@")
+    if not at or not key.startswith(RANDOM_PREFIX) or not seed.isdecimal() or not seed.isascii() or len(seed) > 10:
+        return key, 0
+    value = int(seed)
+    return (base, value) if value <= MAX_RANDOM_SEED else (key, 0)
+
+
+def find_entry(name: str) -> CatalogEntry | None:
+    """The entry called ``name`` (short name or hub id, with or without ``random/``, and for
+    ``random/`` with or without an ``@<seed>``), or None."""
+    key, _ = random_seed(name)
     if key.startswith(RANDOM_PREFIX):
         key = key[len(RANDOM_PREFIX) :]
     return CATALOG.get(key) or _BY_HUB_ID.get(key)

@@ -17,6 +17,12 @@ Chronos-T5 stays on torch: its answers come from seeded sampling inside ``genera
 logit that moved by float rounding could move a sampled token, so they could not be kept
 identical. bfloat16 stays on torch too (ONNX Runtime's CPU kernels are float32 and int8).
 
+Promotion from the host tier: a backend that passed the parity check carries a
+:class:`VerifiedExport` (its export key, the file it runs and that file's stamp). The loader keeps
+it when the model is evicted, and :func:`promote` opens that file again without hashing the weights
+or probing parity, provided the file is still the one checked (same size, modification time and
+inode); otherwise the model is loaded from disk as at first.
+
 Stopping: :func:`~chronoserve.stopping.checkpoint` runs before every pass, and while a pass runs
 the batch's stop signal can abort it (``RunOptions.terminate``, through
 :meth:`~chronoserve.stopping.StopSignal.on_stop`): it stops between two graph nodes.
@@ -31,6 +37,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +47,7 @@ import numpy.typing as npt
 import chronoserve.models.onnx_export as onnx_export
 from chronoserve.models.base import CHRONOS_2, CHRONOS_BOLT, BackendForecast, FloatArray, ModelSpec, PreparedRequest
 from chronoserve.models.chronos import BoltForecaster, Chronos2Forecaster, ChronosBackend, TorchBackend
+from chronoserve.models.fastload import Stamp, file_stamp
 from chronoserve.stopping import checkpoint, current
 
 logger = logging.getLogger("chronoserve.models")
@@ -51,10 +59,29 @@ PARITY_TOLERANCE = 1e-5
 DTYPES = ("float32", "int8")
 
 
+@dataclass(frozen=True)
+class VerifiedExport:
+    """An export that passed :func:`build`'s checks: what lets :func:`promote` skip them."""
+
+    key: str
+    """The :func:`~chronoserve.models.onnx_export.export_key` of the weights it was exported from."""
+    path: Path
+    """The file the backend ran: the export, or its int8 quantisation."""
+    dtype: str
+    stamp: Stamp | None
+    """``path``'s stamp (size, modification time, inode) before it was opened and checked."""
+
+    def unchanged(self) -> bool:
+        """True if ``path`` is still the file that was checked."""
+        return self.stamp is not None and file_stamp(self.path) == self.stamp
+
+
 class OnnxBackend(ChronosBackend):
     """A Chronos backend whose forward passes run in an ONNX Runtime session."""
 
     backend = "onnx"
+    verified: VerifiedExport | None = None
+    """Set once its export passed the checks (see :func:`promote`)."""
 
     def __init__(self, pipeline: Any, spec: ModelSpec, *, session: Any, path: Path, dtype: str) -> None:
         super().__init__(pipeline, spec)
@@ -154,6 +181,7 @@ def build(torch_backend: TorchBackend, *, dtype: str, threads: int, cache_root: 
     if not path.is_file():
         logger.info("%s: exporting to ONNX once, to %s (seconds; later loads reuse it)", spec.name, path)
     exported = onnx_export.ensure_export(model, family, path)
+    stamp = file_stamp(path)
     try:
         backend = open_backend(torch_backend, path, dtype="float32", threads=threads)
     except Exception:
@@ -161,6 +189,7 @@ def build(torch_backend: TorchBackend, *, dtype: str, threads: int, cache_root: 
             raise
         path.unlink(missing_ok=True)  # a cached file that no longer opens (damaged since): export it again
         onnx_export.ensure_export(model, family, path)
+        stamp = file_stamp(path)
         backend = open_backend(torch_backend, path, dtype="float32", threads=threads)
     probe = probe_batch(backend)
     difference = relative_difference(backend.predict(probe), torch_backend.predict(probe))
@@ -173,17 +202,32 @@ def build(torch_backend: TorchBackend, *, dtype: str, threads: int, cache_root: 
         backend.close()
         int8_path = path.with_name(f"{family}-{onnx_export.int8_key(key)}.onnx")
         onnx_export.ensure_int8(path, int8_path)
+        stamp = file_stamp(int8_path)
         backend = open_backend(torch_backend, int8_path, dtype="int8", threads=threads)
         if not all(np.isfinite(f.quantiles).all() for f in backend.predict(probe)):
             raise OnnxUnavailable(f"its int8 quantisation {int8_path} answers NaN or infinity")
+    backend.verified = VerifiedExport(key=key, path=backend.path, dtype=backend.dtype, stamp=stamp)
     return backend
 
 
 def open_backend(torch_backend: TorchBackend, path: Path, *, dtype: str, threads: int) -> OnnxBackend:
     """An ONNX backend of ``torch_backend``'s family running the file ``path``."""
-    return _CLASSES[torch_backend.family](
-        torch_backend.pipeline, torch_backend.spec, session=session(path, threads), path=path, dtype=dtype
-    )
+    return _open(torch_backend.pipeline, torch_backend.spec, torch_backend.family, path, dtype=dtype, threads=threads)
+
+
+def promote(pipeline: Any, spec: ModelSpec, verified: VerifiedExport, *, threads: int) -> OnnxBackend | None:
+    """The backend of ``spec`` on ``verified``'s file, opened without :func:`build`'s checks, or None
+    if the file is no longer the one checked. ``pipeline`` only gives the configuration (its model
+    may be on the meta device: see :func:`chronoserve.models.fastload.meta_pipeline`)."""
+    if not verified.unchanged():
+        return None
+    backend = _open(pipeline, spec, spec.family, verified.path, dtype=verified.dtype, threads=threads)
+    backend.verified = verified
+    return backend
+
+
+def _open(pipeline: Any, spec: ModelSpec, family: str, path: Path, *, dtype: str, threads: int) -> OnnxBackend:
+    return _CLASSES[family](pipeline, spec, session=session(path, threads), path=path, dtype=dtype)
 
 
 def session(path: Path, threads: int) -> Any:
@@ -275,10 +319,12 @@ __all__ = [
     "OnnxBoltBackend",
     "OnnxChronos2Backend",
     "OnnxUnavailable",
+    "VerifiedExport",
     "build",
     "onnx_backend",
     "open_backend",
     "probe_batch",
+    "promote",
     "relative_difference",
     "session",
 ]
