@@ -52,6 +52,16 @@ def positive_or_none(text: str) -> float | None:
     return positive_float(text)
 
 
+def byte_size(text: str) -> int:
+    """A size in bytes: ``2GB``, ``512MiB``, ``1000000`` (see :func:`chronoserve._units.parse_bytes`)."""
+    from ._units import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def quantiles(text: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
@@ -104,6 +114,21 @@ def add_engine_options(parser: argparse.ArgumentParser, *, backend: str = "torch
     )
     group.add_argument("--max-resident", type=positive_int, default=None, help="lru/batched: K resident models")
     group.add_argument("--memory-budget", default=None, help="lru/batched: bytes of resident models, e.g. 2GB")
+    group.add_argument(
+        "--eviction",
+        choices=["lru", "gdsf"],
+        default=None,
+        help="lru/batched: which idle model makes room: least recently used (default), or least expected loss "
+        "(gdsf: requests x reload time by tier / size; docs/coldstart.md)",
+    )
+    group.add_argument(
+        "--host-cache-budget",
+        type=byte_size,
+        default=None,
+        help="bytes of evicted models' weights kept in host memory, e.g. 2GB: reloading them skips the disk "
+        "(default: none; docs/coldstart.md)",
+    )
+    group.add_argument("--load-workers", type=positive_int, default=1, help="models that may load at once (default: 1)")
     group.add_argument("--workers", type=positive_int, default=None, help="inference threads (default: 2)")
     group.add_argument("--torch-threads", type=positive_int, default=None, help="torch threads per worker")
     group.add_argument("--device", default="cpu", help="torch device (default: cpu)")
@@ -141,6 +166,8 @@ def engine_settings(args: argparse.Namespace, **more: Any) -> EngineSettings:
         options["max_resident"] = args.max_resident
     if args.memory_budget is not None:
         options["memory_budget"] = args.memory_budget
+    if getattr(args, "eviction", None) is not None:
+        options["eviction"] = args.eviction
     profile = None
     if getattr(args, "profile", None) is not None:
         from .profile import load_profile
@@ -158,6 +185,8 @@ def engine_settings(args: argparse.Namespace, **more: Any) -> EngineSettings:
         dtype=args.dtype,
         backend=args.backend,
         profile=profile,
+        host_budget=getattr(args, "host_cache_budget", None),
+        load_workers=getattr(args, "load_workers", 1),
         **more,
     )
 

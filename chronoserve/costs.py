@@ -45,6 +45,8 @@ Vector = npt.NDArray[np.float64]
 
 #: Input patch length of the patch models (Chronos-Bolt, Chronos-2).
 PATCH = 16
+#: The tier a load is assumed to come from when none is named (see :mod:`chronoserve.tiers`).
+DEFAULT_TIER = "disk"
 
 
 def tokens(spec: ModelSpec, context: int, horizon: int) -> tuple[int, int, int]:
@@ -217,7 +219,7 @@ class CostView:
     engine's running batches, at most its other workers); ``params(model)`` a model's size.
     """
 
-    __slots__ = ("_colocation", "_model", "_neighbours", "_params")
+    __slots__ = ("_colocation", "_model", "_neighbours", "_params", "_tier")
 
     def __init__(
         self,
@@ -225,11 +227,13 @@ class CostView:
         colocation: Colocation,
         neighbours: Callable[[], float],
         params: Callable[[str], int],
+        tier: Callable[[str], str] | None = None,
     ) -> None:
         self._model = model
         self._colocation = colocation
         self._neighbours = neighbours
         self._params = params
+        self._tier = tier
 
     def colocated(self) -> float:
         """The co-located load a batch dispatched now is predicted to meet."""
@@ -242,8 +246,13 @@ class CostView:
     def batch_seconds(self, model: str, requests: Sequence[Any]) -> float:
         return self._model.predict_batch(self.features(model, requests))
 
-    def load_seconds(self, model: str, nbytes: int) -> float:
-        return self._model.predict_load(model, nbytes)
+    def load_seconds(self, model: str, nbytes: int, tier: str | None = None) -> float:
+        """How long loading ``model`` from ``tier`` would take (None: where its weights are now)."""
+        if tier is None:
+            tier = self._tier(model) if self._tier is not None else DEFAULT_TIER
+        if tier == "resident":
+            return 0.0
+        return self._model.predict_load(model, nbytes, tier)
 
 
 class CostModel:
@@ -273,8 +282,10 @@ class CostModel:
         """The log of :attr:`machine`."""
         self.shared = RecursiveLeastSquares(self.FEATURES, forgetting)
         self.models: dict[str, RecursiveLeastSquares] = {}
-        self.loads: dict[str, RecursiveLeastSquares] = {}
-        self.shared_loads = RecursiveLeastSquares(2, forgetting)
+        self.loads: dict[tuple[str, str], RecursiveLeastSquares] = {}
+        """Load time per (model, tier it loads from), each started from its tier's shared estimator."""
+        self.shared_loads: dict[str, RecursiveLeastSquares] = {}
+        """Load time per tier, over every model: [1, GB] -> seconds."""
 
     def _for(self, model: str) -> RecursiveLeastSquares:
         estimator = self.models.get(model)
@@ -309,13 +320,22 @@ class CostModel:
         self.shared.update(x, y)
         return (predicted - seconds) / seconds if seconds > 0 else 0.0
 
-    def predict_load(self, model: str, nbytes: int) -> float:
-        estimator = self.loads.get(model, self.shared_loads)
+    def predict_load(self, model: str, nbytes: int, tier: str = DEFAULT_TIER) -> float:
+        """Seconds to load ``model`` from ``tier``. A tier nothing has loaded from yet is predicted
+        as a load from ``disk`` (the upper estimate: the faster tiers are not assumed faster
+        before a load from them has shown it)."""
+        estimator = self.loads.get((model, tier)) or self.shared_loads.get(tier)
+        if estimator is None:  # nothing has loaded from this tier yet
+            return 0.0 if tier == DEFAULT_TIER else self.predict_load(model, nbytes, DEFAULT_TIER)
         return max(0.0, estimator.predict(np.array([1.0, nbytes / 1e9])))
 
-    def observe_load(self, model: str, nbytes: int, seconds: float) -> None:
+    def observe_load(self, model: str, nbytes: int, seconds: float, tier: str = DEFAULT_TIER) -> None:
+        """Learn from a load of ``model`` (``nbytes``) from ``tier`` that took ``seconds``."""
         x = np.array([1.0, nbytes / 1e9])
-        if model not in self.loads:
-            self.loads[model] = self.shared_loads.copy()
-        self.loads[model].update(x, seconds)
-        self.shared_loads.update(x, seconds)
+        shared = self.shared_loads.get(tier)
+        if shared is None:
+            shared = self.shared_loads[tier] = RecursiveLeastSquares(2, self.forgetting)
+        if (model, tier) not in self.loads:
+            self.loads[(model, tier)] = shared.copy()
+        self.loads[(model, tier)].update(x, seconds)
+        shared.update(x, seconds)

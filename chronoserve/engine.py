@@ -46,6 +46,7 @@ from .models.base import (
     batch_key,
     covariate_signature,
 )
+from .placement import Readiness
 from .plugins import load_policy
 from .policy import (
     DECISIONS,
@@ -64,6 +65,7 @@ from .policy import (
 )
 from .pool import LoadFailure, ModelPool, PoolEntry
 from .request import ForecastRequest, ForecastResult, Timings, check_deadline, check_priority, prepare
+from .residency import Residency
 from .status import EngineStats, ModelInfo
 from .stopping import BatchStopped, StopSignal
 
@@ -128,6 +130,9 @@ class Engine:
     can be replaced for tests (see ``chronoserve.testing``). ``observers`` receive the
     engine's events (:class:`~chronoserve.events.EngineObserver`), for metrics.
 
+    ``host_budget`` bytes of evicted models' weights are kept in host memory (the ``host``
+    tier, see :mod:`chronoserve.tiers`), so reloading them skips the disk; None or 0: none.
+
     ``limits`` (:class:`~chronoserve.limits.Limits`) bound what one request may cost, checked
     before it is queued, and how long a batch may hold a worker. A model whose load fails is
     not tried again for ``load_retry[0]`` seconds, doubling with each failure up to
@@ -154,6 +159,7 @@ class Engine:
         limits: Limits | None = None,
         load_retry: tuple[float, float] = (1.0, 60.0),
         costs: CostModel | None = None,
+        host_budget: int | None = None,
     ) -> None:
         self.policy = load_policy(policy, policy_options)
         self.limits = limits if limits is not None else DEFAULT_LIMITS
@@ -180,8 +186,9 @@ class Engine:
         self._resolve_executor = resolve_executor or ThreadExecutor(1, None, "chronoserve-resolve")
         self._pool = ModelPool()
         self._observers = list(observers)
+        self._residency = Residency(self.loader, self._load_executor, self._clock, host_budget, self._notify)
         self._specs: dict[str, ModelSpec] = {}
-        self._resolving: dict[str, asyncio.Future[ModelSpec]] = {}
+        self._resolving: dict[str, asyncio.Future[tuple[ModelSpec, str]]] = {}
         self._queues: dict[str, list[QueuedRequest]] = {}
         self._pending: dict[int, _Pending] = {}
         self._inflight: dict[int, _InFlight] = {}
@@ -190,8 +197,9 @@ class Engine:
         """The online cost model: learns from every batch and load (see :mod:`chronoserve.costs`);
         pass one seeded from a profile (:meth:`EngineSettings.cost_model`) to start from it."""
         self._colocation = Colocation()
-        self._cost_view = CostView(self.costs, self._colocation, self._neighbours, self._params)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._per_request = 0.0  # worker seconds per request, smoothed over the last batches
+        self._cost_view = CostView(self.costs, self._colocation, self._neighbours, self._params, self._tier)
+        self._tasks: set[asyncio.Future[None]] = set()
         self._seq = itertools.count()
         self._batch_ids = itertools.count()
         if prefetch < 0:
@@ -221,6 +229,7 @@ class Engine:
         self._progress = asyncio.Event()
         self._accepting = True
         self._scheduler = asyncio.create_task(self._schedule(), name="chronoserve-scheduler")
+        self._spawn(self._residency.start())
 
     async def __aenter__(self) -> Engine:
         await self.start()
@@ -265,6 +274,7 @@ class Engine:
             self._timer.cancel()
         backends = [e.backend for e in self._pool.entries.values() if e.backend is not None]
         self._pool.entries.clear()
+        self._residency.close()
         for backend in backends:
             backend.close()
         await asyncio.to_thread(self._executor.shutdown)
@@ -431,14 +441,15 @@ class Engine:
     async def _resolve(self, name: str) -> ModelSpec:
         future = self._resolving.get(name)
         if future is None:
-            future = asyncio.ensure_future(self._resolve_executor.run(partial(self.loader.resolve, name)))
+            future = asyncio.ensure_future(self._resolve_executor.run(partial(self._residency.describe, name)))
             self._resolving[name] = future
         try:
-            spec = await asyncio.shield(future)
+            spec, tier = await asyncio.shield(future)
         finally:
             if future.done():
                 self._resolving.pop(name, None)
         self._specs[name] = spec
+        self._residency.known(name, tier)
         return spec
 
     def add_observer(self, observer: EngineObserver) -> None:
@@ -475,6 +486,7 @@ class Engine:
                 running_batches=e.running,
                 backend=None if e.backend is None else e.backend.backend,
                 dtype=None if e.backend is None else e.backend.dtype,
+                loaded_from=e.tier,
             )
             for name, e in self._pool.entries.items()
         }
@@ -516,6 +528,47 @@ class Engine:
             workers=self.workers,
             prefetch=self.prefetch,
             torch_threads=self.torch_threads,
+            host_models=self._residency.host.models(),
+            host_bytes=self._residency.host.nbytes,
+            host_budget=self._residency.host.budget,
+            import_seconds=self._residency.import_seconds,
+        )
+
+    def tiers(self) -> dict[str, str]:
+        """Where the weights of every model requests have named are now: ``resident`` (loaded or
+        loading), ``host``, ``disk`` or ``hub`` (see :mod:`chronoserve.tiers`)."""
+        return {name: self._tier(name) for name in self._specs}
+
+    def _tier(self, name: str) -> str:
+        return "resident" if name in self._pool else self._residency.tier(name)
+
+    def readiness(self) -> Readiness:
+        """How soon this engine could start a request for each model it knows, for placement
+        across engines (:mod:`chronoserve.placement`): its backlog and each model's load estimate
+        by tier, from its cost model."""
+        now = self._clock.now()
+        running = 0.0
+        for batch in self._inflight.values():
+            elapsed = 0.0 if batch.signal.started is None else now - batch.signal.started
+            running += max(0.0, batch.predicted - elapsed)
+        models: dict[str, float] = {}
+        for name, spec in self._specs.items():
+            entry = self._pool.get(name)
+            if entry is None:
+                models[name] = self.costs.predict_load(name, spec.est_nbytes, self._residency.tier(name))
+            elif entry.status == "ready":
+                models[name] = 0.0
+            else:
+                left = self.costs.predict_load(name, entry.nbytes) - (now - entry.load_started)
+                models[name] = max(0.0, left)
+        sizes = sorted(spec.est_nbytes for spec in self._specs.values())
+        return Readiness(
+            backlog=(self._queued * self._per_request + running) / self.workers,
+            models=models,
+            tiers=self.tiers(),
+            new_model=self.costs.predict_load("", sizes[len(sizes) // 2] if sizes else 0),
+            per_request=self._per_request,
+            workers=self.workers,
         )
 
     def _describe_policy(self) -> Mapping[str, object]:
@@ -572,6 +625,8 @@ class Engine:
             draining=self._draining,
             costs=self._cost_view,
             workers=self.workers,
+            tiers={name: self._tier(name) for name in sizes},
+            host_budget=self._residency.host.budget,
         )
 
     def _params(self, model: str) -> int:
@@ -704,11 +759,11 @@ class Engine:
             pending.future.set_exception(error)
 
     def _spawn(self, coro: Any) -> None:
-        task: asyncio.Task[None] = asyncio.create_task(coro)
+        task: asyncio.Future[None] = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
+    def _task_done(self, task: asyncio.Future[None]) -> None:
         self._tasks.discard(task)
         if self._progress is not None:
             self._progress.set()
@@ -727,16 +782,16 @@ class Engine:
 
     async def _run_load(self, spec: ModelSpec) -> None:
         try:
-            backend = await self._load_executor.run(partial(self.loader.load, spec))
+            loaded = await self._residency.load(spec)
         except Exception as exc:
             error = self._load_failed(spec.name, exc)
             for pending in [p for p in self._pending.values() if p.in_queue and p.spec.name == spec.name]:
                 self._drop_queued(pending)
                 self._settle_error(pending, error)
         else:
-            entry = self._pool.finish_load(spec.name, backend, self._clock.now())
-            self._notify("model_loaded", spec.name, entry.load_seconds or 0.0, entry.nbytes)
-            self.costs.observe_load(spec.name, entry.nbytes, entry.load_seconds or 0.0)
+            entry = self._pool.finish_load(spec.name, loaded, self._clock.now())
+            self._notify("model_loaded", spec.name, loaded.seconds, entry.nbytes)
+            self.costs.observe_load(spec.name, entry.nbytes, loaded.seconds, loaded.tier)
         finally:
             self._poke()
 
@@ -766,7 +821,7 @@ class Engine:
         self._pool.remove(model)
         self._notify("model_evicted", model)
         if entry.backend is not None:
-            self._spawn(self._load_executor.run(entry.backend.close))
+            self._spawn(self._residency.demote(model, entry.backend))
 
     # -- batches ---------------------------------------------------------------------------
 
@@ -875,6 +930,8 @@ class Engine:
                 )
                 actual = dataclasses.replace(f, colocated=met)
                 self.costs.observe_batch(actual, seconds)
+                share = seconds / len(members)
+                self._per_request = share if self._per_request == 0 else 0.8 * self._per_request + 0.2 * share
                 self._notify("batch_cost", BatchCost(actual, len(members), f.colocated, batch.predicted, seconds))
             if entry is not None:
                 entry.running -= 1

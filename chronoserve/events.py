@@ -48,3 +48,9 @@ class EngineObserver:
 
     def model_evicted(self, model: str) -> None:
         """A resident model was dropped."""
+
+    def model_moved(self, model: str, source: str, target: str, seconds: float) -> None:
+        """A model's weights moved between tiers (``resident``, ``host``, ``disk``, ``hub``; see
+        :mod:`chronoserve.tiers`): a load is a move to ``resident`` from where it loaded (``seconds``:
+        how long the load ran), an eviction one from ``resident`` to ``host`` (demoted) or lower,
+        and the host tier dropping a copy one from ``host`` down (``seconds`` 0 for both)."""

@@ -155,6 +155,11 @@ class SchedulerState:
     """The cost model's predictions (None in states built without one)."""
     workers: int = 0
     """Batches that run at once (the engine's workers); 0: not known (hand-built states)."""
+    tiers: Mapping[str, str] = field(default_factory=dict)
+    """Where the weights of every model in ``model_sizes`` are: ``resident`` (in ``models``),
+    ``host``, ``disk`` or ``hub`` (see :mod:`chronoserve.tiers`); absent: not known (``disk``)."""
+    host_budget: int = 0
+    """The engine's host tier, in bytes: an evicted model up to this size is demoted there, not dropped."""
 
     @property
     def free_workers(self) -> int:
@@ -216,8 +221,9 @@ class CostEstimates(Protocol):
         """How long a batch of ``requests`` on ``model`` would take if dispatched now."""
         ...
 
-    def load_seconds(self, model: str, nbytes: int) -> float:
-        """How long loading ``model`` (``nbytes``) would take."""
+    def load_seconds(self, model: str, nbytes: int, tier: str | None = None) -> float:
+        """How long loading ``model`` (``nbytes``) from ``tier`` would take (``host``, ``disk``,
+        ``hub``; None: from where its weights are now)."""
         ...
 
 

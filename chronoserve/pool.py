@@ -7,6 +7,7 @@ from typing import Literal
 
 from .models.base import ModelBackend, ModelSpec
 from .policy import ModelState
+from .residency import Loaded
 
 
 @dataclass
@@ -21,10 +22,17 @@ class PoolEntry:
     load_finished: float | None = None
     previous_load: float | None = None
     """How long the model's previous load took (it was evicted since), while it loads again."""
+    load_ran: float | None = None
+    """When the load itself began on a load thread (after any wait behind imports or other loads)."""
+    tier: str | None = None
+    """The tier it was loaded from (``host``, ``disk``, ``hub``); None while it loads."""
 
     @property
     def load_seconds(self) -> float | None:
-        return None if self.load_finished is None else self.load_finished - self.load_started
+        """How long the load itself ran (not the wait before it)."""
+        if self.load_finished is None:
+            return None
+        return self.load_finished - (self.load_ran if self.load_ran is not None else self.load_started)
 
     def state(self) -> ModelState:
         measured = self.load_seconds if self.load_seconds is not None else self.previous_load
@@ -52,7 +60,10 @@ class LoadRecord:
 
     model: str
     started: float
+    """When the load was decided (requests that waited for it waited from then, or from their arrival)."""
     finished: float
+    seconds: float = 0.0
+    """How long the load itself ran."""
 
 
 class ModelPool:
@@ -75,19 +86,24 @@ class ModelPool:
     def begin_load(self, spec: ModelSpec, now: float) -> PoolEntry:
         last = self.last_load.get(spec.name)
         entry = PoolEntry(spec=spec, status="loading", load_started=now, nbytes=spec.est_nbytes)
-        entry.previous_load = None if last is None else last.finished - last.started
+        entry.previous_load = None if last is None else last.seconds
         self.entries[spec.name] = entry
         return entry
 
-    def finish_load(self, name: str, backend: ModelBackend, now: float) -> PoolEntry:
+    def finish_load(self, name: str, loaded: Loaded | ModelBackend, now: float) -> PoolEntry:
+        """``name`` is resident: ``loaded`` (or, in hand-built pools, just a backend loaded by ``now``)."""
         entry = self.entries[name]
+        if not isinstance(loaded, Loaded):
+            loaded = Loaded(loaded, "disk", entry.load_started, now)
         entry.status = "ready"
-        entry.backend = backend
-        entry.nbytes = backend.nbytes
+        entry.backend = loaded.backend
+        entry.nbytes = loaded.backend.nbytes
+        entry.load_ran = loaded.started
+        entry.tier = loaded.tier
         entry.load_finished = now
         entry.last_used = now
         self.loads += 1
-        self.last_load[name] = LoadRecord(name, entry.load_started, now)
+        self.last_load[name] = LoadRecord(name, entry.load_started, now, loaded.seconds)
         self.failed.pop(name, None)
         return entry
 

@@ -40,6 +40,9 @@ class EngineSettings:
     bound). ``device``, ``dtype`` (``float32``, ``bfloat16``, ``int8``) and ``backend``
     (``torch``, ``onnx``) are the :class:`~chronoserve.models.loader.ChronosLoader`'s.
     ``profile``: a cost table (``chronoserve profile``) the engine's cost model starts from.
+    ``host_budget``: bytes of evicted models' weights the engine keeps in host memory (the
+    ``host`` tier, :mod:`chronoserve.tiers`; None: none). ``load_workers``: models that load at
+    once (local checkpoints load without a process-wide lock).
     """
 
     policy: str = "batched"
@@ -52,6 +55,8 @@ class EngineSettings:
     backend: str = "torch"
     limits: Limits = DEFAULT_LIMITS
     profile: Profile | None = None
+    host_budget: int | None = None
+    load_workers: int = 1
 
     def with_options(self, **changes: Any) -> EngineSettings:
         """A copy with some fields changed (``policy_options`` are merged, not replaced)."""
@@ -91,6 +96,8 @@ class EngineSettings:
             "limits": self.limits,
             "loader": loader if loader is not None else self.loader(),
             "costs": self.cost_model(),
+            "host_budget": self.host_budget,
+            "load_workers": self.load_workers,
         }
 
     def cost_model(self) -> CostModel:

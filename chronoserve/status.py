@@ -33,6 +33,8 @@ class ModelInfo:
     """What runs it (``torch``, ``onnx``: after a fallback, the one that actually serves); None while it loads."""
     dtype: str | None = None
     """Its weights' dtype as served (``float32``, ``bfloat16``, ``int8``); None while it loads."""
+    loaded_from: str | None = None
+    """The tier its load came from (``host``, ``disk``, ``hub``: see :mod:`chronoserve.tiers`); None while it loads."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +62,18 @@ class EngineStats:
     workers: int
     prefetch: int
     torch_threads: int
+    host_models: tuple[str, ...] = ()
+    """Models whose weights the host tier holds (evicted, not resident), demoted longest ago first."""
+    host_bytes: int = 0
+    host_budget: int = 0
+    """The host tier's byte budget (0: no host tier)."""
+    import_seconds: float | None = None
+    """How long the model loader's imports took when the engine started (None: not yet run)."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (for reports)."""
         out = asdict(self)
         out["resident"] = list(self.resident)
+        out["host_models"] = list(self.host_models)
         out["policy"] = dict(self.policy)
         return out

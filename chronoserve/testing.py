@@ -26,7 +26,7 @@ import numpy as np
 
 from .errors import ModelLoadError, UnknownModel
 from .executor import InlineExecutor
-from .models.base import BackendForecast, ModelBackend, ModelLoader, ModelSpec, PreparedRequest
+from .models.base import BackendForecast, HostCopy, ModelBackend, ModelLoader, ModelSpec, PreparedRequest
 from .policy import CostEstimates, ModelState, QueuedRequest, RunningBatch, SchedulerState, SchedulingPolicy
 from .stopping import checkpoint
 
@@ -199,6 +199,8 @@ class FakeLoader(ModelLoader):
 
     ``fail_load`` names models whose load raises; ``fail_predict`` models whose batches raise;
     ``hang`` models whose batches run until stopped; ``predict_seconds`` is how long every batch takes.
+    It has a host tier: :meth:`offload` keeps an evicted model (unless ``no_offload`` names it) and a
+    load from that copy counts in ``promotions``; ``hub`` names models whose weights are on the hub.
     """
 
     specs: Mapping[str, ModelSpec] = field(default_factory=lambda: {"fake": fake_spec("fake")})
@@ -208,6 +210,9 @@ class FakeLoader(ModelLoader):
     predict_seconds: float = 0.0
     loads: dict[str, int] = field(default_factory=dict)
     instances: list[FakeModel] = field(default_factory=list)
+    promotions: dict[str, int] = field(default_factory=dict)
+    no_offload: set[str] = field(default_factory=set)
+    hub: set[str] = field(default_factory=set)
 
     @classmethod
     def with_models(cls, *names: str, **spec_options: Any) -> FakeLoader:
@@ -218,15 +223,27 @@ class FakeLoader(ModelLoader):
             raise UnknownModel(name)
         return self.specs[name]
 
-    def load(self, spec: ModelSpec) -> ModelBackend:
+    def load(self, spec: ModelSpec, host: HostCopy | None = None) -> ModelBackend:
         self.loads[spec.name] = self.loads.get(spec.name, 0) + 1
         if spec.name in self.fail_load:
             raise ModelLoadError(spec.name, "told to fail")
+        if host is not None:
+            if host.model != spec.name or host.payload != ("fake-weights", spec.name):
+                raise ModelLoadError(spec.name, f"promoted from another model's copy ({host.model})")
+            self.promotions[spec.name] = self.promotions.get(spec.name, 0) + 1
         model = FakeModel(
             spec, fail=spec.name in self.fail_predict, predict_seconds=self.predict_seconds, hang=spec.name in self.hang
         )
         self.instances.append(model)
         return model
+
+    def offload(self, backend: ModelBackend) -> HostCopy | None:
+        if backend.spec.name in self.no_offload:
+            return None
+        return HostCopy(backend.spec.name, backend.nbytes, ("fake-weights", backend.spec.name))
+
+    def tier(self, spec: ModelSpec) -> str:
+        return "hub" if spec.name in self.hub else "disk"
 
     def batch_sizes(self, name: str | None = None) -> list[int]:
         """Sizes of every batch run so far, on one model or all."""
@@ -296,17 +313,21 @@ def queued(
 
 @dataclass(frozen=True)
 class FakeCosts:
-    """Cost estimates for hand-built states: ``base + per_gflop x GFLOP`` a batch, ``load`` a model load."""
+    """Cost estimates for hand-built states: ``base + per_gflop x GFLOP`` a batch, ``load`` a model load
+    (from a tier named in ``tier_loads``, that tier's time; ``model_tiers`` says where weights are)."""
 
     base: float = 0.002
     per_gflop: float = 0.001
     load: float = 0.1
+    tier_loads: Mapping[str, float] = field(default_factory=dict)
+    model_tiers: Mapping[str, str] = field(default_factory=dict)
 
     def batch_seconds(self, model: str, requests: Sequence[QueuedRequest]) -> float:
         return self.base + self.per_gflop * sum(r.gflop for r in requests)
 
-    def load_seconds(self, model: str, nbytes: int) -> float:
-        return self.load
+    def load_seconds(self, model: str, nbytes: int, tier: str | None = None) -> float:
+        tier = tier if tier is not None else self.model_tiers.get(model, "disk")
+        return self.tier_loads.get(tier, self.load)
 
 
 def state(
@@ -320,12 +341,14 @@ def state(
     draining: bool = False,
     costs: CostEstimates | None = None,
     load_seconds: Mapping[str, float] | None = None,
+    host_budget: int = 0,
 ) -> SchedulerState:
     """Build a :class:`SchedulerState`.
 
     ``ready`` lists resident models (a mapping gives each one's ``last_used``), ``running``
     counts batches running per model, ``sizes`` gives model bytes (default 1 MB each),
-    ``load_seconds`` each model's measured load time (default: none measured).
+    ``load_seconds`` each model's measured load time (default: none measured), ``host_budget``
+    the engine's host tier in bytes.
     """
     loads = dict(load_seconds or {})
     queues: dict[str, list[QueuedRequest]] = {}
@@ -351,6 +374,8 @@ def state(
         model_sizes={n: sizes.get(n, 1_000_000) for n in names},
         draining=draining,
         costs=costs,
+        tiers={n: "resident" if n in models else "disk" for n in names},
+        host_budget=host_budget,
     )
 
 

@@ -325,8 +325,9 @@ class AdaptiveDispatcherPolicy(LRUPolicy):
         tick: float | str = TICKET_INTERVAL,
         max_resident: int = 3,
         memory_budget: int | str | None = None,
+        eviction: str = "lru",
     ) -> None:
-        super().__init__(max_resident=max_resident, memory_budget=memory_budget)
+        super().__init__(max_resident=max_resident, memory_budget=memory_budget, eviction=eviction)
         self.max_batch = _positive_int("max_batch", max_batch)
         self.max_in_flight = _positive_int("max_in_flight", max_in_flight)
         self.max_latency = parse_seconds(max_latency)
@@ -369,6 +370,7 @@ class AdaptiveDispatcherPolicy(LRUPolicy):
 
     def decide(self, state: SchedulerState, now: float) -> Sequence[Decision]:
         self._observe(state, now)
+        self.eviction.observe(state)
         decisions: list[Decision] = []
         models = dict(state.models)
         in_use: set[str] = set()

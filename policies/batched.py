@@ -36,8 +36,9 @@ class BatchedPolicy(LRUPolicy):
         slo_p95: float | str | None = None,
         batch_limit: int = 64,
         objective: str = "latency",
+        eviction: str = "lru",
     ) -> None:
-        super().__init__(max_resident=max_resident, memory_budget=memory_budget)
+        super().__init__(max_resident=max_resident, memory_budget=memory_budget, eviction=eviction)
         auto_batch, auto_wait = max_batch == AUTO, max_wait == AUTO
         if not auto_batch and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
             raise ValueError(f"max_batch must be an integer >= 1 or 'auto', got {max_batch!r}")

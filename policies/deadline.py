@@ -63,12 +63,19 @@ class DeadlinePolicy(BatchedPolicy):
         margin: float | str = 0.002,
         block: float = 0.5,
         memory: float | str = 10.0,
+        eviction: str = "lru",
     ) -> None:
         if "auto" in (max_batch, max_wait):
             raise ValueError(
                 "deadline sizes each batch to its deadlines: max_batch and max_wait take numbers, not 'auto'"
             )
-        super().__init__(max_batch=max_batch, max_wait=max_wait, max_resident=max_resident, memory_budget=memory_budget)
+        super().__init__(
+            max_batch=max_batch,
+            max_wait=max_wait,
+            max_resident=max_resident,
+            memory_budget=memory_budget,
+            eviction=eviction,
+        )
         self.margin = parse_seconds(margin)
         if not (isinstance(block, int | float) and 0 < block <= 1):
             raise ValueError(f"block must be a fraction in (0, 1], got {block!r}")

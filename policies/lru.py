@@ -4,10 +4,12 @@ Residency rules, shared with ``batched``:
 
 - Models are served in the order of their oldest waiting request, so no model starves.
 - A model that is not resident is loaded when it fits under ``max_resident`` and
-  ``memory_budget``. To make room, idle resident models are evicted least recently used
-  first: first those nobody is waiting for, then those whose oldest waiting request is
-  younger than the one that needs the room. A model that is loading or running a batch
-  is never evicted.
+  ``memory_budget``. To make room, idle resident models are evicted: first those nobody is
+  waiting for, then those whose oldest waiting request is younger than the one that needs
+  the room; among them, by ``eviction``: least recently used first (``lru``), or least
+  expected loss first (``gdsf``: requests received x reload time by tier / bytes, see
+  :mod:`chronoserve.policies.eviction`). A model that is loading or running a batch is
+  never evicted.
 - A model larger than the whole budget can never be loaded: its requests fail at once.
 """
 
@@ -29,18 +31,28 @@ from chronoserve.policy import (
     WakeAt,
 )
 
+from .eviction import eviction_order
+
 
 class LRUPolicy(Policy):
     name = "lru"
 
-    def __init__(self, max_resident: int = 3, memory_budget: int | str | None = None) -> None:
+    def __init__(self, max_resident: int = 3, memory_budget: int | str | None = None, eviction: str = "lru") -> None:
         if isinstance(max_resident, bool) or not isinstance(max_resident, int) or max_resident < 1:
             raise ValueError(f"max_resident must be an integer >= 1, got {max_resident!r}")
         self.max_resident = max_resident
         self.memory_budget = None if memory_budget is None else parse_bytes(memory_budget)
+        self.eviction = eviction_order(eviction)
 
     def describe(self) -> dict[str, object]:
-        return {"name": self.name, "max_resident": self.max_resident, "memory_budget": self.memory_budget}
+        out: dict[str, object] = {
+            "name": self.name,
+            "max_resident": self.max_resident,
+            "memory_budget": self.memory_budget,
+            "eviction": self.eviction.name,
+        }
+        out.update(self.eviction.describe())
+        return out
 
     # -- batch forming: overridden by ``batched`` -------------------------------------------
 
@@ -69,6 +81,7 @@ class LRUPolicy(Policy):
     # -- the decision ------------------------------------------------------------------------
 
     def decide(self, state: SchedulerState, now: float) -> Sequence[Decision]:
+        self.eviction.observe(state)
         decisions: list[Decision] = []
         models: dict[str, ModelState] = dict(state.models)
         in_use: set[str] = set()  # dispatched to in this round: not evictable
@@ -128,18 +141,21 @@ class LRUPolicy(Policy):
                 return []
             evicted[victim] = models.pop(victim)
             decisions.append(Evict(victim))
+        for victim in evicted:
+            self.eviction.evicted(victim)
         models[model] = ModelState(model, "loading", need, 0.0, 0)
         decisions.append(Load(model))
         return decisions
 
-    @staticmethod
-    def _victim(models: dict[str, ModelState], state: SchedulerState, in_use: set[str], oldest: float) -> str | None:
+    def _victim(
+        self, models: dict[str, ModelState], state: SchedulerState, in_use: set[str], oldest: float
+    ) -> str | None:
         idle = [m for m in models.values() if not m.busy and m.name not in in_use]
         unwanted = [m for m in idle if m.name not in state.queues]
         if unwanted:
-            return min(unwanted, key=lambda m: m.last_used).name
+            return self.eviction.victim(unwanted, state)
         # Models with waiting requests younger than ours may give way (FIFO across models).
         younger = [m for m in idle if state.queues[m.name][0].arrival > oldest]
         if younger:
-            return min(younger, key=lambda m: m.last_used).name
+            return self.eviction.victim(younger, state)
         return None

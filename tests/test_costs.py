@@ -153,7 +153,7 @@ async def test_the_engine_feeds_the_cost_model_every_batch_with_its_features():
     assert [f.rows for f, _, _ in seen] == [8, 8]  # 4 requests x (target + 1 covariate)
     assert all(f.model == "c2" and f.gflop > 0 and f.colocated == 0.0 for f, _, _ in seen)
     assert engine.costs.models["c2"].count == 2
-    assert "c2" in engine.costs.loads  # the load was learned too
+    assert ("c2", "disk") in engine.costs.loads  # the load was learned too, by the tier it came from
 
 
 class _Costs:

@@ -73,7 +73,7 @@ def create_app(
         if s.warmup:
             warm = asyncio.create_task(warm_up(runtime))
         else:
-            runtime.ready = True
+            runtime.mark_ready()
         try:
             yield {"runtime": runtime}
         finally:

@@ -76,6 +76,15 @@ class _EngineState(Collector):
         )
         resident_bytes = GaugeMetricFamily("chronoserve_resident_bytes", "Bytes of the resident models.")
         running = GaugeMetricFamily("chronoserve_running_batches", "Batches running or handed to a worker.")
+        host = GaugeMetricFamily(
+            "chronoserve_host_tier_models", "Evicted models whose weights the host tier keeps (--host-cache-budget)."
+        )
+        host_bytes = GaugeMetricFamily("chronoserve_host_tier_bytes", "Bytes the host tier keeps.")
+        imports = GaugeMetricFamily(
+            "chronoserve_import_seconds",
+            "How long importing the model loader's modules (torch, transformers, chronos) took at start-up, "
+            "apart from any load.",
+        )
         if engine is not None:
             for model, n in sorted(engine.queue_depths().items()):
                 depth.add_metric([model], n)
@@ -83,10 +92,11 @@ class _EngineState(Collector):
             resident.add_metric([], len(stats.resident))
             resident_bytes.add_metric([], stats.resident_bytes)
             running.add_metric([], stats.running_batches)
-        yield depth
-        yield resident
-        yield resident_bytes
-        yield running
+            host.add_metric([], len(stats.host_models))
+            host_bytes.add_metric([], stats.host_bytes)
+            if stats.import_seconds is not None:
+                imports.add_metric([], stats.import_seconds)
+        yield from (depth, resident, resident_bytes, running, host, host_bytes, imports)
 
 
 class HTTPCounts(Protocol):
@@ -189,6 +199,33 @@ class ServerMetrics(EngineObserver):
         self.cold_starts = Counter(
             "chronoserve_cold_starts", "Requests that waited for their model to load.", ["model"], registry=r
         )
+        self.tier_loads = Counter(
+            "chronoserve_model_tier_loads",
+            "Model loads (a model's cold starts) by the tier they loaded from: host, disk, hub.",
+            ["model", "tier"],
+            registry=r,
+        )
+        self.tier_load_seconds = Histogram(
+            "chronoserve_model_tier_load_seconds",
+            "Model load time by the tier it loaded from (host, disk, hub).",
+            ["tier"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.process_start = Gauge(
+            "chronoserve_process_start_seconds",
+            "From the OS creating this server's process to the server ready (default model warm): imports, "
+            "load and warm-up included. method: fork-server, spawn (a worker of serve --http-workers) or "
+            "process (chronoserve serve in one process).",
+            ["method"],
+            registry=r,
+        )
+        self.demotions = Counter(
+            "chronoserve_model_demotions",
+            "Models moved down a tier: evicted to host (weights kept) or lower, or dropped by the host tier.",
+            ["model", "source", "target"],
+            registry=r,
+        )
         r.register(_EngineState(engine))
         self.server_cpu = _ServerCPU()
         r.register(self.server_cpu)
@@ -206,6 +243,10 @@ class ServerMetrics(EngineObserver):
     def refused(self, reason: str, n: int = 1) -> None:
         """Count ``n`` requests refused before any work (a bad body, a full queue, ...)."""
         self.rejected.labels(reason).inc(n)
+
+    def process_ready(self, seconds: float, method: str) -> None:
+        """The process became ready ``seconds`` after it was created, started by ``method``."""
+        self.process_start.labels(method).set(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -255,3 +296,10 @@ class ServerMetrics(EngineObserver):
 
     def model_evicted(self, model: str) -> None:
         self.evictions.labels(model).inc()
+
+    def model_moved(self, model: str, source: str, target: str, seconds: float) -> None:
+        if target == "resident":
+            self.tier_loads.labels(model, source).inc()
+            self.tier_load_seconds.labels(source).observe(seconds)
+        else:
+            self.demotions.labels(model, source, target).inc()

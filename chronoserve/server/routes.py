@@ -108,9 +108,12 @@ async def models(request: Request) -> Response:
                     "running_batches": info.running_batches,
                     "backend": info.backend,
                     "dtype": info.dtype,
+                    "loaded_from": info.loaded_from,
                     "profile": profile.figures(name) if profile is not None else None,
                 }
             )
+    tiers = {} if engine is None else engine.tiers()
+    stats = None if engine is None else engine.stats()
     catalog = [
         {
             "name": e.name,
@@ -129,9 +132,16 @@ async def models(request: Request) -> Response:
         "allowed_extra": list(runtime.extra_models),
         "resident": resident,
         "failed": load_failures(runtime),
+        "tiers": {
+            "models": dict(sorted(tiers.items())),
+            "host_models": [] if stats is None else list(stats.host_models),
+            "host_bytes": 0 if stats is None else stats.host_bytes,
+            "host_budget": 0 if stats is None else stats.host_budget,
+            "import_seconds": None if stats is None else stats.import_seconds,
+        },
         "catalog": catalog,
         "profile": None if profile is None else _profile_summary(profile),
-        "policy": dict(engine.stats().policy) if engine is not None else None,
+        "policy": dict(stats.policy) if stats is not None else None,
         "note": "random/NAME models have the published architecture and random weights: "
         "their timings are real, their forecasts are not. chronos-2-pm25 (trained_here) is a small "
         "Chronos-2 trained by chronoserve on Beijing PM2.5 2013-03 to 2016-06: see its description.",

@@ -121,6 +121,15 @@ class ServerRuntime:
         self.default_model = canonical(self.settings.default_model)
         self.extra_models = tuple(dict.fromkeys(canonical(m) for m in self.settings.models))
 
+    def mark_ready(self) -> None:
+        """The server is ready: say so (``/readyz``), and how long the process took to get here."""
+        self.ready = True
+        if self.metrics is not None:
+            from chronoserve.forkserver import process_age, started
+
+            how = started()
+            self.metrics.process_ready(process_age(), "process" if how is None else how.method)
+
     def begin_drain(self) -> None:
         """Stop accepting (readyz 503), run what is queued within the drain timeout, fail the rest with 503."""
         if self.draining:
@@ -197,7 +206,7 @@ async def warm_up(runtime: ServerRuntime) -> None:
             runtime.warmup_error = f"{default}: {exc}"
             logger.error("the default model %s cannot be served: %s", default, exc)
             return
-    runtime.ready = True
+    runtime.mark_ready()
     runtime.warmup_error = None
     logger.info("ready: %s", default)
     for name in runtime.extra_models:

@@ -308,8 +308,15 @@ class ModelsOut(BaseModel):
     allowed_extra: list[str]
     resident: list[dict[str, Any]] = Field(
         description="Loaded or loading models: status, bytes, load time, `backend` and `dtype` (what runs it: "
-        "`torch` or `onnx`, after any fallback; null while it loads), and `profile`: the loaded cost table's "
-        "rows for the model (null without `--profile`)."
+        "`torch` or `onnx`, after any fallback; null while it loads), `loaded_from` (the tier its load came "
+        "from: `host`, `disk`, `hub`), and `profile`: the loaded cost table's rows for the model (null without "
+        "`--profile`)."
+    )
+    tiers: dict[str, Any] = Field(
+        description="Residency in tiers (docs/coldstart.md): `models`, where the weights of every model requests "
+        "have named are now (`resident`, `host`, `disk`, `hub`); `host_models`, `host_bytes` and `host_budget` of "
+        "the host tier (`--host-cache-budget`); `import_seconds`, what importing torch, transformers and chronos "
+        "took at start-up, apart from any load."
     )
     failed: list[dict[str, Any]] = Field(
         description="Models whose last load failed: `name`, `error`, `failures` in a row, `retry_in_seconds`."

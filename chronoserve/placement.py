@@ -1,0 +1,144 @@
+"""Placement by readiness: send a request where its model will be ready soonest.
+
+ServerlessLLM's scheduler, simplified for chronoserve: with several engines (engine processes,
+Ray replicas, or engines in one process), each request goes to the engine that would start it
+first, estimated from that engine's own cost model from
+
+- the *queue wait* (:attr:`Readiness.backlog`): the predicted seconds of the work queued and
+  running there, over its workers;
+- the *load estimate by tier* (:meth:`Readiness.ready_in`): 0 for a resident model, what is
+  left of its load for one loading, and the predicted load from where its weights are
+  (``host`` or ``disk``: :mod:`chronoserve.tiers`) otherwise.
+
+ServerlessLLM adds the two (a GPU server loads and then runs). A chronoserve engine loads on
+its own threads while its workers run other models' batches, so a request starts at the later
+of the two: ``max(queue wait, load estimate)`` (:meth:`Readiness.start_in`). Equal estimates go
+to the engine where the model already is (resident or loading, then in the host tier), then to
+the least busy. So a request follows its model to the engine that holds it unless that engine is
+so busy that a load elsewhere starts it sooner, and a burst for a model nobody holds loads it
+once and queues behind that load (its requests batch together) until the queue there outgrows
+the load. Between two views of an engine a router counts what it sent there itself
+(:class:`Router`).
+
+Pure: views are values an engine makes (:meth:`chronoserve.engine.Engine.readiness`) and a
+router reads; no I/O, no threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Ties go to the engine where the model's weights are closest.
+_TIER_RANK: Mapping[str, int] = {"resident": 0, "host": 1, "disk": 2, "hub": 3}
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """What a router knows of one engine: a snapshot (it pickles, and crosses processes as a dict)."""
+
+    backlog: float
+    """Seconds until a worker is free for new work: predicted work queued and running, over the workers."""
+    models: Mapping[str, float] = field(default_factory=dict)
+    """Seconds until each model it knows of is ready to run (0: resident)."""
+    tiers: Mapping[str, str] = field(default_factory=dict)
+    """Where each model's weights are there (``resident``, ``host``, ``disk``, ``hub``)."""
+    new_model: float = 0.0
+    """Seconds it predicts to load a model it has never seen (from disk)."""
+    per_request: float = 0.0
+    """Seconds of worker time a request costs there, on average (what one more adds to ``backlog``)."""
+    workers: int = 1
+
+    def ready_in(self, model: str) -> float:
+        """Seconds until ``model`` is ready to run there, the queue aside."""
+        return self.models.get(model, self.new_model)
+
+    def start_in(self, model: str) -> float:
+        """Seconds until a request for ``model`` would start there: the later of the queue wait and
+        the load estimate by tier (loads run beside the workers)."""
+        return max(self.backlog, self.ready_in(model))
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "backlog": self.backlog,
+            "models": dict(self.models),
+            "tiers": dict(self.tiers),
+            "new_model": self.new_model,
+            "per_request": self.per_request,
+            "workers": self.workers,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Readiness:
+        return cls(
+            backlog=float(data.get("backlog", 0.0)),
+            models={str(k): float(v) for k, v in dict(data.get("models", {})).items()},
+            tiers={str(k): str(v) for k, v in dict(data.get("tiers", {})).items()},
+            new_model=float(data.get("new_model", 0.0)),
+            per_request=float(data.get("per_request", 0.0)),
+            workers=max(1, int(data.get("workers", 1))),
+        )
+
+
+def place(model: str, views: Sequence[Readiness], first: int = 0) -> int:
+    """The index of the engine where a request for ``model`` would start soonest.
+
+    Ties (equal estimates, as between engines that all need a load) go to the engine where the
+    model's weights are closest (resident or loading, then host, then disk), then to the one
+    with the least backlog, then to the first at or after ``first`` (a router rotates it, so
+    ties spread instead of piling on engine 0).
+    """
+    if not views:
+        raise ValueError("no engine to place a request on")
+    n = len(views)
+
+    def key(i: int) -> tuple[float, int, float, int]:
+        view = views[i]
+        closeness = _TIER_RANK.get(view.tiers.get(model, "disk"), len(_TIER_RANK))
+        return view.start_in(model), closeness, view.backlog, (i - first) % n
+
+    return min(range(n), key=key)
+
+
+class Router:
+    """Places requests on engines whose views it is given from time to time.
+
+    Between views it keeps its own account of what it sent (the view of an engine it sent a
+    request for ``m`` to says ``m`` is on its way there, and its backlog grows by one request),
+    so placements stay right under a burst. A new view of an engine replaces that account.
+    """
+
+    def __init__(self, engines: int) -> None:
+        if engines < 1:
+            raise ValueError(f"a router needs at least one engine, not {engines}")
+        self.views: list[Readiness] = [Readiness(backlog=0.0) for _ in range(engines)]
+        self._next = 0
+        self.placed = [0] * engines
+        """Requests placed on each engine."""
+
+    def update(self, engine: int, view: Readiness) -> None:
+        """The engine's latest view (replaces what was counted since the last one)."""
+        self.views[engine] = view
+
+    def place(self, model: str) -> int:
+        """Choose the engine for a request for ``model``, and count it there."""
+        i = place(model, self.views, self._next)
+        self._next = (self._next + 1) % len(self.views)
+        self.placed[i] += 1
+        view = self.views[i]
+        models, tiers = dict(view.models), dict(view.tiers)
+        models[model] = view.ready_in(model)
+        tiers[model] = "resident"  # resident, or loading there now
+        self.views[i] = Readiness(
+            backlog=view.backlog + view.per_request / view.workers,
+            models=models,
+            tiers=tiers,
+            new_model=view.new_model,
+            per_request=view.per_request,
+            workers=view.workers,
+        )
+        return i
+
+
+__all__ = ["Readiness", "Router", "place"]

@@ -1,0 +1,108 @@
+"""Placement by readiness: the estimate (queue wait and load estimate by tier), the router's
+own account between views, and an engine group that follows its models."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from chronoserve import ForecastRequest
+from chronoserve.group import EngineGroup
+from chronoserve.placement import Readiness, Router, place
+from chronoserve.testing import FakeLoader, fake_engine
+
+SERIES = [float(i % 24) for i in range(48)]
+
+
+def view(backlog: float = 0.0, **models: float) -> Readiness:
+    tiers = {m: "resident" if s == 0 else "disk" for m, s in models.items()}
+    return Readiness(backlog=backlog, models=models, tiers=tiers, new_model=0.5, per_request=0.01, workers=1)
+
+
+def test_a_request_goes_where_its_model_is_resident() -> None:
+    assert place("a", [view(b=0.0), view(a=0.0)]) == 1
+
+
+def test_a_busy_engine_loses_to_a_load_elsewhere_once_its_queue_outlasts_the_load() -> None:
+    views = [view(backlog=0.2, a=0.0), view(a=0.5)]
+    assert place("a", views) == 0  # waiting 0.2 s beats loading for 0.5 s
+    views = [view(backlog=0.8, a=0.0), view(a=0.5)]
+    assert place("a", views) == 1  # loading for 0.5 s beats waiting 0.8 s
+
+
+def test_the_host_tier_makes_an_engine_the_faster_place_to_reload() -> None:
+    host = Readiness(backlog=0.0, models={"a": 0.05}, tiers={"a": "host"}, new_model=0.5)
+    disk = Readiness(backlog=0.0, models={"a": 0.5}, tiers={"a": "disk"}, new_model=0.5)
+    assert place("a", [disk, host]) == 1
+
+
+def test_ties_go_to_the_closest_weights_then_the_least_busy_then_in_turn() -> None:
+    a_in_host = Readiness(backlog=0.1, models={"a": 0.5}, tiers={"a": "host"}, new_model=0.5)
+    idle = Readiness(backlog=0.0, new_model=0.5)
+    assert place("a", [idle, a_in_host]) == 1  # same start (0.5 s): the host copy wins
+    assert place("b", [view(backlog=0.1), view(backlog=0.0)]) == 1
+    assert [place("c", [idle, idle, idle], first) for first in range(3)] == [0, 1, 2]
+    with pytest.raises(ValueError, match="no engine"):
+        place("a", [])
+
+
+def test_the_router_sends_a_burst_for_a_new_model_to_one_engine_until_its_queue_outgrows_the_load() -> None:
+    router = Router(2)
+    for i in range(2):
+        router.update(i, Readiness(backlog=0.0, new_model=0.1, per_request=0.02, workers=1))
+    placed = [router.place("a") for _ in range(8)]
+    # The first five queue behind the load on one engine (0.1 s); past that, the other loads it too.
+    assert placed[:5] == [placed[0]] * 5
+    assert set(placed) == {0, 1}
+    assert router.placed == [placed.count(0), placed.count(1)]
+
+
+def test_a_view_survives_a_round_trip_as_a_dict() -> None:
+    v = Readiness(backlog=0.3, models={"a": 0.0, "b": 0.2}, tiers={"a": "resident", "b": "host"}, new_model=0.4)
+    assert Readiness.from_dict(v.to_dict()) == v
+
+
+async def test_an_engine_reports_its_backlog_and_each_models_readiness_by_tier() -> None:
+    loader = FakeLoader.with_models("a", "b")
+    engine = fake_engine("lru", loader=loader, policy_options={"max_resident": 1}, host_budget=10**9)
+    async with engine:
+        await engine.forecast(ForecastRequest(model="a", target=SERIES, horizon=4))
+        await engine.forecast(ForecastRequest(model="b", target=SERIES, horizon=4))
+        ready = engine.readiness()
+    assert ready.tiers == {"a": "host", "b": "resident"}
+    assert ready.models["b"] == 0.0 and ready.models["a"] >= 0.0
+    assert ready.backlog == 0.0 and ready.workers == 1
+
+
+async def test_a_group_follows_each_model_to_the_engine_that_loaded_it() -> None:
+    loaders = [FakeLoader.with_models("a", "b", "c") for _ in range(2)]
+    engines = [fake_engine("lru", loader=loader, policy_options={"max_resident": 2}) for loader in loaders]
+    async with EngineGroup(engines) as group:
+        for model in ["a", "b", "a", "b", "c", "a", "c", "b"] * 3:
+            result = await group.forecast(ForecastRequest(model=model, target=SERIES, horizon=4))
+            assert result.model == model
+    loads = [sum(loader.loads.values()) for loader in loaders]
+    assert sum(loads) == 3  # each model loaded once, on one engine
+    assert sorted(loads) == [1, 2]  # and the models spread over both
+
+
+async def test_a_group_places_concurrent_requests_without_losing_any() -> None:
+    loaders = [FakeLoader.with_models(*"abcdef") for _ in range(3)]
+    engines = [fake_engine("batched", loader=loader, policy_options={"max_resident": 2}) for loader in loaders]
+    async with EngineGroup(engines) as group:
+        requests = [ForecastRequest(model="abcdef"[i % 6], target=SERIES, horizon=4) for i in range(60)]
+        results = await asyncio.gather(*(group.forecast(r) for r in requests))
+    assert [r.model for r in results] == [r.model for r in requests]
+    assert sum(group.router.placed) == 60
+
+
+def test_other_placements_are_there_to_compare_against() -> None:
+    engines = [fake_engine("lru") for _ in range(3)]
+    assert [EngineGroup(engines, "round-robin").choose("a") for _ in range(1)] == [1]
+    group = EngineGroup(engines, "random", seed=1)
+    assert {group.choose("a") for _ in range(50)} == {0, 1, 2}
+    with pytest.raises(ValueError, match="placement must be one of"):
+        EngineGroup(engines, "nearest")
+    with pytest.raises(ValueError, match="at least one engine"):
+        EngineGroup([])
