@@ -135,7 +135,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_connections=args.max_connections,
     )
     _check_serve_settings(settings)
-    return run(settings, host=args.host, port=args.port, log_level=args.log_level, http_workers=args.http_workers)
+    return run(
+        settings,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        http_workers=args.http_workers,
+        engines=args.engines,
+    )
 
 
 def _check_serve_settings(settings: Any) -> None:
@@ -258,6 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="N > 0: HTTP in N front-end processes sharing the port, the engine in one more process "
         "(restarted if it dies); 0: everything in one process (default: 0; see docs/http.md)",
+    )
+    serve.add_argument(
+        "--engines",
+        type=positive_int,
+        default=1,
+        metavar="K",
+        help="K engine processes, each with its own models, queue and --workers; every request goes to the one "
+        "where its model will be ready soonest (implies --http-workers 1 at least; default: 1; docs/coldstart.md)",
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     add_engine_options(serve, backend=SERVE_BACKEND)

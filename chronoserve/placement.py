@@ -121,9 +121,15 @@ class Router:
         """The engine's latest view (replaces what was counted since the last one)."""
         self.views[engine] = view
 
-    def place(self, model: str) -> int:
-        """Choose the engine for a request for ``model``, and count it there."""
-        i = place(model, self.views, self._next)
+    def place(self, model: str, among: Sequence[int] | None = None) -> int:
+        """Choose the engine for a request for ``model`` (among the engines ``among``, default all),
+        and count it there."""
+        if among is None:
+            i = place(model, self.views, self._next)
+        else:
+            if not among:
+                raise ValueError("no engine to place a request on")
+            i = among[place(model, [self.views[j] for j in among], self._next % len(among))]
         self._next = (self._next + 1) % len(self.views)
         self.placed[i] += 1
         view = self.views[i]

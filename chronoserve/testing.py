@@ -199,6 +199,7 @@ class FakeLoader(ModelLoader):
 
     ``fail_load`` names models whose load raises; ``fail_predict`` models whose batches raise;
     ``hang`` models whose batches run until stopped; ``predict_seconds`` is how long every batch takes.
+    ``load_seconds`` is how long every load takes (on the load thread, as a real one would).
     It has a host tier: :meth:`offload` keeps an evicted model (unless ``no_offload`` names it) and a
     load from that copy counts in ``promotions``; ``hub`` names models whose weights are on the hub.
     """
@@ -208,6 +209,7 @@ class FakeLoader(ModelLoader):
     fail_predict: set[str] = field(default_factory=set)
     hang: set[str] = field(default_factory=set)
     predict_seconds: float = 0.0
+    load_seconds: float = 0.0
     loads: dict[str, int] = field(default_factory=dict)
     instances: list[FakeModel] = field(default_factory=list)
     promotions: dict[str, int] = field(default_factory=dict)
@@ -227,6 +229,8 @@ class FakeLoader(ModelLoader):
         self.loads[spec.name] = self.loads.get(spec.name, 0) + 1
         if spec.name in self.fail_load:
             raise ModelLoadError(spec.name, "told to fail")
+        if self.load_seconds:
+            time.sleep(self.load_seconds)  # a load thread's time, as a real load would take
         if host is not None:
             if host.model != spec.name or host.payload != ("fake-weights", spec.name):
                 raise ModelLoadError(spec.name, f"promoted from another model's copy ({host.model})")
@@ -380,7 +384,18 @@ def state(
 
 
 #: ``EngineSettings`` fields, and ``Limits`` fields, that :func:`server_settings` takes flat.
-_ENGINE_FIELDS = ("policy", "policy_options", "workers", "torch_threads", "max_queue", "device", "dtype", "profile")
+_ENGINE_FIELDS = (
+    "policy",
+    "policy_options",
+    "workers",
+    "torch_threads",
+    "max_queue",
+    "device",
+    "dtype",
+    "profile",
+    "host_budget",
+    "load_workers",
+)
 _LIMIT_FIELDS = ("max_covariates", "max_request_gflop", "max_inference_seconds")
 
 

@@ -114,3 +114,38 @@ def test_front_end_processes_forecast_survive_an_engine_death_and_drain(tmp_path
     assert len(re.findall(r"started the (engine|http-\d) process \(pid \d+\) from the fork server", text)) == 4
     assert len(re.findall(r"process \(pid \d+\) is up [\d.]+ s after its start \(fork-server\)", text)) == 4
     assert "Traceback" not in text
+
+
+def test_two_engine_processes_serve_every_model_and_drain(tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "server.log"
+    other = "random/tiny-chronos-2"
+    cmd = [
+        sys.executable, "-m", "chronoserve", "serve", "--host", "127.0.0.1", "--port", str(port),
+        "--engines", "2", "--default-model", MODEL, "--models", other, "--max-wait-ms", "1",
+        "--host-cache-budget", "10MB", "--eviction", "gdsf",
+    ]  # fmt: skip
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
+    try:
+        until_sync(lambda: ready(url), "the server ready", deadline=120)
+        for model in (MODEL, other, MODEL, other):
+            r = httpx.post(f"{url}/forecast", json={**BODY, "model_name": model}, timeout=60)
+            assert r.status_code == 200, r.text
+            assert r.json()["model"]["name"] == model
+        models = httpx.get(f"{url}/models", timeout=10).json()
+        assert {m["engine"] for m in models["resident"]} == {0, 1}
+        assert [e["engine"] for e in models["engines"]] == [0, 1]
+        metrics = httpx.get(f"{url}/metrics", timeout=10).text
+        assert 'chronoserve_resident_models{engine="1"}' in metrics
+        assert 'chronoserve_process_start_seconds{engine="0",method="fork-server"}' in metrics
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log_path.read_text()
+    assert "with 1 front-end process(es) and 2 engine process(es)" in text
+    assert "started the engine-1 process" in text and "all processes stopped" in text

@@ -75,6 +75,8 @@ class EngineServer:
                 self._spawn(self._http(peer, call, *frame[2:]))
             elif op == wire.COUNTS:
                 self._count(*frame[2:6])
+            elif op == wire.VIEW:
+                self._view(peer, call)
 
     def close(self) -> None:
         self._socket.close(linger=LINGER_MS)
@@ -167,6 +169,13 @@ class EngineServer:
             logger.exception("%s %s failed in the engine process", method, path)
         self._send(peer, [call, wire.HTTP, answer["status"], answer["headers"], b"".join(answer["body"])])
 
+    def _view(self, peer: bytes, call: int) -> None:
+        engine = self.runtime.engine
+        if engine is None:
+            self._send(peer, [call, wire.ERROR, wire.pack_error(EngineClosed("the engine is not running"))])
+        else:
+            self._send(peer, [call, wire.OK, engine.readiness().to_dict()])
+
     def _count(self, http: list[list[Any]], refused: list[list[Any]], process: str, cpu: float) -> None:
         metrics = self.runtime.metrics
         if metrics is None:
@@ -217,10 +226,10 @@ async def serve_engine(settings: ServerSettings, address: str) -> None:
             server.close()
 
 
-def engine_main(settings: ServerSettings, address: str, log_level: str) -> None:
-    """The engine process's entry point (a fresh interpreter: ``multiprocessing`` spawn)."""
+def engine_main(settings: ServerSettings, address: str, log_level: str, index: int = 0) -> None:
+    """The engine process's entry point (a worker of :mod:`chronoserve.forkserver`: forked, or spawned)."""
     from .process import configure_logging, exit_with_parent
 
-    configure_logging(log_level, role="engine")
+    configure_logging(log_level, role="engine" if index == 0 else f"engine-{index}")
     exit_with_parent()
     asyncio.run(serve_engine(settings, address))

@@ -17,13 +17,15 @@ def run(
     port: int = 8000,
     log_level: str = "info",
     http_workers: int = 0,
+    engines: int = 1,
 ) -> int:
     """Serve until SIGTERM/SIGINT; the exit status. ``http_workers`` > 0: that many front-end
-    processes and one engine process (:mod:`.supervisor`); 0: everything in this process."""
+    processes and ``engines`` engine processes (:mod:`.supervisor`; several engines need at least
+    one front end); otherwise everything in this process."""
     configure_logging(log_level)
-    if http_workers > 0:
+    if http_workers > 0 or engines > 1:
         from .supervisor import Supervisor
 
-        return Supervisor(settings, host, port, log_level, http_workers).run()
+        return Supervisor(settings, host, port, log_level, max(1, http_workers), engines).run()
     draining_server(create_app(settings), settings, log_level, host=host, port=port).run()
     return 0

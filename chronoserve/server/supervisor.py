@@ -23,6 +23,7 @@ all have. Each process drains too if this one dies, even by SIGKILL (``exit_with
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import multiprocessing.connection
 import os
@@ -37,6 +38,7 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
 
+from ..engine import default_workers
 from ..forkserver import FORK_SERVER, Worker, start_worker, worker_context
 from .runtime import ServerSettings
 
@@ -69,6 +71,17 @@ class _Child:
         return self.worker.process if self.worker is not None else None
 
 
+def engine_settings(settings: ServerSettings, engines: int) -> ServerSettings:
+    """``settings`` for each of ``engines`` engine processes: unless set, torch threads share the
+    cores among every engine's workers (one engine: the engine's own default)."""
+    e = settings.engine
+    if engines == 1 or e.torch_threads is not None:
+        return settings
+    workers = e.workers or default_workers()
+    threads = max(1, (os.cpu_count() or 1) // (workers * engines))
+    return dataclasses.replace(settings, engine=e.with_options(torch_threads=threads))
+
+
 def listening_socket(host: str, port: int) -> socket.socket:
     """A bound TCP socket the front ends share (each listens on it; the kernel spreads connections)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -82,9 +95,14 @@ def listening_socket(host: str, port: int) -> socket.socket:
 class Supervisor:
     """Start, watch, restart and finally drain the engine process and the front-end processes."""
 
-    def __init__(self, settings: ServerSettings, host: str, port: int, log_level: str, http_workers: int) -> None:
+    def __init__(
+        self, settings: ServerSettings, host: str, port: int, log_level: str, http_workers: int, engines: int = 1
+    ) -> None:
         if http_workers < 1:
             raise ValueError(f"http_workers must be at least 1, not {http_workers}")
+        if engines < 1:
+            raise ValueError(f"engines must be at least 1, not {engines}")
+        self.engines = engines
         self.settings = settings
         self.host = host
         self.port = port
@@ -101,29 +119,36 @@ class Supervisor:
         sock = listening_socket(self.host, self.port)
         host, port = sock.getsockname()[:2]
         directory = tempfile.mkdtemp(prefix="chronoserve-")  # mode 0700: only this user reaches the engine
-        address = f"ipc://{os.path.join(directory, 'engine.ipc')}"
-        s, level = self.settings, self.log_level
+        addresses = [f"ipc://{os.path.join(directory, f'engine-{i}.ipc')}" for i in range(self.engines)]
+        s, level = engine_settings(self.settings, self.engines), self.log_level
 
-        def engine() -> Worker:
-            args = (s, address, level)
-            return start_worker(engine_main, args, name="chronoserve-engine", imports=ENGINE_IMPORTS, context=context)
+        def engine(i: int) -> Callable[[], Worker]:
+            return lambda: start_worker(
+                engine_main,
+                (s, addresses[i], level, i),
+                name=f"chronoserve-engine-{i}",
+                imports=ENGINE_IMPORTS,
+                context=context,
+            )
 
         def frontend(i: int) -> Callable[[], Worker]:
             return lambda: start_worker(
                 frontend_main,
-                (s, address, [sock], level, i),
+                (s, addresses, [sock], level, i),
                 name=f"chronoserve-http-{i}",
                 imports=FRONTEND_IMPORTS,
                 context=context,
             )
 
-        children = [_Child("engine", engine)] + [_Child(f"http-{i}", frontend(i)) for i in range(self.http_workers)]
+        engines = [_Child("engine" if self.engines == 1 else f"engine-{i}", engine(i)) for i in range(self.engines)]
+        children = engines + [_Child(f"http-{i}", frontend(i)) for i in range(self.http_workers)]
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         logger.info(
-            "serving on http://%s:%d with %d front-end process(es) and one engine process",
+            "serving on http://%s:%d with %d front-end process(es) and %d engine process(es)",
             host,
             port,
             self.http_workers,
+            self.engines,
         )
         try:
             for child in children:

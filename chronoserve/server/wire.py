@@ -12,12 +12,14 @@ From a front end (DEALER) to the engine (ROUTER)::
     [HTTP, id, method, path, query, headers, body]   any other route, run by the engine's app
     [COUNTS, 0, [[route, status, n]], [[reason, n]], name, cpu]   a front end's HTTP counts
                                      and CPU seconds, for /metrics
+    [VIEW, id]                       the engine's readiness, for placement (``--engines K``)
 
 From the engine back::
 
     [id, OK, result]                 a ForecastResult as a dict (:func:`pack_result`)
     [id, ERROR, pickled error]       a ChronoserveError, rebuilt as the same class
     [id, HTTP, status, headers, body]
+    [id, OK, readiness]              a :class:`~chronoserve.placement.Readiness` as a dict
 
 Errors are pickled: both ends are chronoserve processes of one server, on one machine, and
 the socket lives in a directory only this user can open (see :mod:`.supervisor`).
@@ -35,7 +37,7 @@ import numpy as np
 from chronoserve.errors import ChronoserveError, InvalidRequest
 from chronoserve.request import ForecastRequest, ForecastResult, Timings
 
-FORECAST, CANCEL, HTTP, COUNTS = 0, 1, 2, 3
+FORECAST, CANCEL, HTTP, COUNTS, VIEW = 0, 1, 2, 3, 4
 OK, ERROR = 0, 1
 
 _ARRAY = 1  # the msgpack extension code of a NumPy array
