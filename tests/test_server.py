@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
-from waiting import queue_depth, until
+from waiting import metric_value, queue_depth, until
 
 from chronoserve.models.catalog import DEFAULT_MODEL
 from chronoserve.server import ServerSettings, create_app
@@ -413,3 +413,27 @@ async def test_a_burst_of_5000_gets_200_or_429_none_lost_and_the_metrics_count_t
     assert f'chronoserve_rejected_requests_total{{reason="queue_full"}} {float(full)}' in text
     assert f'chronoserve_requests_total{{model="{FAKE}",status="ok"}} {float(ok + 1)}' in text  # + warm-up
     assert "chronoserve_queue_depth" in text
+
+
+async def test_tiers_in_models_and_metrics_demotions_promotions_and_the_process_start():
+    settings = server_settings(
+        default_model=FAKE, policy_options={"max_wait": 0.001, "max_resident": 1}, host_budget=10**9
+    )
+    async with client_for(settings) as client:
+        for model in ("random/chronos-2", FAKE):  # evicts the default model, then promotes it back from host
+            r = await client.post("/forecast", json={"target": [1.0, 2.0, 3.0], "model_name": model})
+            assert r.status_code == 200, r.text
+        body = ModelsOut.model_validate((await client.get("/models")).json())
+        metrics = (await client.get("/metrics")).text
+    assert body.tiers["models"] == {FAKE: "resident", "random/chronos-2": "host"}
+    assert body.tiers["host_models"] == ["random/chronos-2"] and body.tiers["host_budget"] == 10**9
+    assert body.tiers["import_seconds"] is not None
+    assert [m["loaded_from"] for m in body.resident] == ["host"]
+    assert metric_value(metrics, "chronoserve_model_tier_loads_total", model=FAKE, tier="disk") == 1
+    assert metric_value(metrics, "chronoserve_model_tier_loads_total", model=FAKE, tier="host") == 1
+    assert metric_value(metrics, "chronoserve_model_tier_load_seconds_count", tier="host") == 1
+    demoted = {"model": "random/chronos-2", "source": "resident", "target": "host"}
+    assert metric_value(metrics, "chronoserve_model_demotions_total", **demoted) == 1
+    assert metric_value(metrics, "chronoserve_host_tier_models") == 1
+    assert metric_value(metrics, "chronoserve_host_tier_bytes") == 1_000_000
+    assert metric_value(metrics, "chronoserve_process_start_seconds", method="process") > 0

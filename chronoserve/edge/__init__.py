@@ -7,6 +7,7 @@
 - :mod:`~chronoserve.edge.metadata`: the machine and software a result came from;
 - :mod:`~chronoserve.edge.report` and :mod:`~chronoserve.edge.plots`: summary, table, PNGs.
 
-Each configuration runs in its own pinned process (``python -m chronoserve.edge``). This
+Each configuration runs in its own pinned process (forked from :mod:`chronoserve.forkserver`'s
+fork server; ``python -m chronoserve.edge`` where there is none). This
 package imports nothing heavy; see ``docs/edge.md``.
 """

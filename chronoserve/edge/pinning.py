@@ -3,9 +3,11 @@
 On Linux the CPU affinity is a property of each *thread*, inherited when a thread is
 created; threads that already exist keep their old mask. torch (OpenMP), numpy (OpenBLAS)
 and the engine create their thread pools early, so the child process pins itself, and every
-thread it has at that moment (normally only the interpreter's), first thing, before it
-imports any of them (:func:`pin`); the OpenMP/BLAS pools are sized to ``k`` through the
-environment. After the model is loaded, and again at the end, it reads back the mask of the
+thread it has at that moment (normally only the interpreter's), first thing: before it
+imports any of them, or, forked from chronoserve's fork server (which imported them and
+stays single-threaded), before any of their pools exists (:func:`pin`). The pools are sized
+to ``k`` by :func:`set_torch_threads` (the environment sizes them only in a freshly spawned
+child). After the model is loaded, and again at the end, it reads back the mask of the
 process and of every thread in ``/proc/self/task`` (:func:`inspect_pinning`). (A
 ``preexec_fn`` in the parent would pin even earlier, but is unsafe when the parent has
 threads, as a test runner may.)
