@@ -163,23 +163,25 @@ async def _replay(requests: Sequence[Any], target: InProcessTarget, log: LoadLog
     }
 
 
-def _budgets(sizes: dict[str, int]) -> tuple[int, int]:
-    """A third of the models' bytes: the memory budget, and the host tier's."""
+def _setup(trace_path: Path, limit: int | None, backend: str) -> tuple[list[Any], dict[str, int], int, int]:
+    """The trace's requests (its first ``limit``), its models' sizes, every model loaded once
+    (:func:`prepare`), and the budgets: a third of the models' bytes resident, a third in host memory."""
+    from chronoserve.traces import read_trace
+
+    trace = read_trace(trace_path)
+    requests = list(trace.requests[:limit] if limit else trace.requests)
+    sizes = trace_models(trace)
+    prepare(list(sizes), backend)
     third = sum(sizes.values()) // 3
-    return third, third
+    return requests, sizes, third, third
 
 
 def measure_zipf(trace_path: Path, *, limit: int | None = None, backend: str = "torch") -> dict[str, Any]:
     """The Zipf trace each way of :data:`ZIPF_CONFIGS`; one row per way, with the budgets."""
     from chronoserve.models.loader import ChronosLoader
     from chronoserve.settings import EngineSettings
-    from chronoserve.traces import read_trace
 
-    trace = read_trace(trace_path)
-    requests = trace.requests[:limit] if limit else trace.requests
-    sizes = trace_models(trace)
-    prepare(list(sizes), backend)
-    budget, host = _budgets(sizes)
+    requests, sizes, budget, host = _setup(trace_path, limit, backend)
     rows = []
     for label, (eviction, with_host, fastload) in ZIPF_CONFIGS.items():
         log = LoadLog()
@@ -213,13 +215,8 @@ def measure_placement(
 ) -> dict[str, Any]:
     """The Zipf trace on ``engines`` engines, placed by readiness, round-robin and at random."""
     from chronoserve.settings import EngineSettings
-    from chronoserve.traces import read_trace
 
-    trace = read_trace(trace_path)
-    requests = trace.requests[:limit] if limit else trace.requests
-    sizes = trace_models(trace)
-    prepare(list(sizes), backend)
-    budget, host = _budgets(sizes)
+    requests, sizes, budget, host = _setup(trace_path, limit, backend)
     rows = []
     for placement in PLACEMENTS:
         log = LoadLog()

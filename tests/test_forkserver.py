@@ -208,7 +208,13 @@ def test_a_forked_worker_has_what_a_spawned_one_would(capfd, monkeypatch, tmp_pa
     if zygote.method != FORK_SERVER:
         pytest.skip(zygote.reason)
     monkeypatch.setenv("CHRONOSERVE_TEST_VARIABLE", "set after the fork server started")
-    worker = start_worker(as_spawned, ("the worker",))
+    # A worker ignores SIGINT only if its parent does (a test run in a background job does):
+    # here the parent takes it as an interactive Python would.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        worker = start_worker(as_spawned, ("the worker",))
+    finally:
+        signal.signal(signal.SIGINT, previous)
     finished = worker.finished()
     worker.process.join()
     assert finished is not None and worker.method == FORK_SERVER
