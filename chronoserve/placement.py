@@ -59,6 +59,22 @@ class Readiness:
         the load estimate by tier (loads run beside the workers)."""
         return max(self.backlog, self.ready_in(model))
 
+    def routed(self, model: str) -> Readiness:
+        """This view once one more request for ``model`` was sent there: the model is on its way
+        (resident, or loading there now) and one more request's work is queued."""
+        models, tiers = dict(self.models), dict(self.tiers)
+        if model:
+            models[model] = self.ready_in(model)
+            tiers[model] = "resident"
+        return Readiness(
+            backlog=self.backlog + self.per_request / self.workers,
+            models=models,
+            tiers=tiers,
+            new_model=self.new_model,
+            per_request=self.per_request,
+            workers=self.workers,
+        )
+
     def to_dict(self) -> dict[str, object]:
         return {
             "backlog": self.backlog,
@@ -82,7 +98,12 @@ class Readiness:
 
 
 def place(model: str, views: Sequence[Readiness], first: int = 0) -> int:
-    """The index of the engine where a request for ``model`` would start soonest.
+    """The index of the engine where a request for ``model`` would start soonest (:func:`rank`'s first)."""
+    return rank(model, views, first)[0]
+
+
+def rank(model: str, views: Sequence[Readiness], first: int = 0) -> list[int]:
+    """The engines' indices, from where a request for ``model`` would start soonest to where latest.
 
     Ties (equal estimates, as between engines that all need a load) go to the engine where the
     model's weights are closest (resident or loading, then host, then disk), then to the one
@@ -98,7 +119,7 @@ def place(model: str, views: Sequence[Readiness], first: int = 0) -> int:
         closeness = _TIER_RANK.get(view.tiers.get(model, "disk"), len(_TIER_RANK))
         return view.start_in(model), closeness, view.backlog, (i - first) % n
 
-    return min(range(n), key=key)
+    return sorted(range(n), key=key)
 
 
 class Router:
@@ -132,19 +153,8 @@ class Router:
             i = among[place(model, [self.views[j] for j in among], self._next % len(among))]
         self._next = (self._next + 1) % len(self.views)
         self.placed[i] += 1
-        view = self.views[i]
-        models, tiers = dict(view.models), dict(view.tiers)
-        models[model] = view.ready_in(model)
-        tiers[model] = "resident"  # resident, or loading there now
-        self.views[i] = Readiness(
-            backlog=view.backlog + view.per_request / view.workers,
-            models=models,
-            tiers=tiers,
-            new_model=view.new_model,
-            per_request=view.per_request,
-            workers=view.workers,
-        )
+        self.views[i] = self.views[i].routed(model)
         return i
 
 
-__all__ = ["Readiness", "Router", "place"]
+__all__ = ["Readiness", "Router", "place", "rank"]
