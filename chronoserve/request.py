@@ -104,14 +104,17 @@ class ForecastResult:
     cold_start: bool
     timings: Timings
     context_used: int
+    served_by: str | None = None
+    """Which engine answered, where there are several: ``engine-<i>`` (``serve --engines K``), a
+    Ray Serve replica's id (:mod:`chronoserve.ray`); None with one engine."""
 
     @property
     def horizon(self) -> int:
         return int(self.median.shape[0])
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (lists of floats; NaN stays NaN)."""
-        return {
+        """A JSON-ready dict (lists of floats; NaN stays NaN); ``served_by`` only where set."""
+        answer: dict[str, Any] = {
             "request_id": self.request_id,
             "model": self.model,
             "family": self.family,
@@ -125,6 +128,9 @@ class ForecastResult:
             "timings": self.timings.to_dict(),
             "context_used": self.context_used,
         }
+        if self.served_by is not None:
+            answer["served_by"] = self.served_by
+        return answer
 
 
 #: The largest magnitude accepted in a series. The models compute in float32, where the squares

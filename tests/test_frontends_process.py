@@ -134,10 +134,11 @@ def test_two_engine_processes_serve_every_model_and_drain(tmp_path):
             r = httpx.post(f"{url}/forecast", json={**BODY, "model_name": model}, timeout=60)
             assert r.status_code == 200, r.text
             assert r.json()["model"]["name"] == model
-        models = httpx.get(f"{url}/models", timeout=10).json()
+            assert r.json()["served_by"] in {"engine-0", "engine-1"}  # each answer says which engine
+        models = httpx.get(f"{url}/models", timeout=60).json()
         assert {m["engine"] for m in models["resident"]} == {0, 1}
         assert [e["engine"] for e in models["engines"]] == [0, 1]
-        metrics = httpx.get(f"{url}/metrics", timeout=10).text
+        metrics = httpx.get(f"{url}/metrics", timeout=60).text
         assert 'chronoserve_resident_models{engine="1"}' in metrics
         assert 'chronoserve_process_start_seconds{engine="0",method="fork-server"}' in metrics
         proc.send_signal(signal.SIGTERM)

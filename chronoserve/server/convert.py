@@ -130,7 +130,7 @@ def _nan_lists(values: Mapping[str, list[float | None]] | None) -> dict[str, lis
 
 
 def result_body(result: ForecastResult, item: ItemRequest) -> dict[str, Any]:
-    return {
+    body = {
         "request_id": result.request_id,
         "model": {"name": result.model, "family": result.family, "random_weights": result.random_weights},
         "policy": result.policy,
@@ -144,3 +144,6 @@ def result_body(result: ForecastResult, item: ItemRequest) -> dict[str, Any]:
         "timings": result.timings.to_dict(),
         "context_used": result.context_used,
     }
+    if result.served_by is not None:
+        body["served_by"] = result.served_by
+    return body

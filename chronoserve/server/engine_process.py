@@ -7,7 +7,7 @@ ROUTER socket (:mod:`.wire`) and
 - submits each forecast to the engine and answers when its future settles (no task per
   request once the model's spec is known), cancelling it when the front end says its client left;
 - runs every other route (``/models``, ``/readyz``, ``/metrics``, ...) through the app itself,
-  called in-process as ASGI, so each route has one implementation whatever the process layout;
+  called in-process as ASGI (:mod:`.inprocess`), so each route has one implementation whatever the process layout;
 - adds the front ends' HTTP counts to the app's metrics.
 
 On SIGTERM it drains as the one-process server does (stop accepting, run what is queued
@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
@@ -31,6 +31,7 @@ import chronoserve.server.wire as wire
 from chronoserve.errors import ChronoserveError, EngineClosed
 from chronoserve.request import ForecastRequest, ForecastResult
 
+from .inprocess import call_app
 from .runtime import ServerRuntime, ServerSettings
 
 logger = logging.getLogger("chronoserve.server")
@@ -141,33 +142,8 @@ class EngineServer:
     async def _http(
         self, peer: bytes, call: int, method: str, path: str, query: bytes, headers: list[list[bytes]], body: bytes
     ) -> None:
-        scope = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
-            "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": query, "root_path": "",
-            "headers": [(k, v) for k, v in headers], "client": None, "server": None, "state": dict(self.state),
-        }  # fmt: skip
-        answer: dict[str, Any] = {"status": 500, "headers": [], "body": []}
-        sent = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent
-            if sent:
-                await asyncio.Event().wait()  # the caller is the front end: it never disconnects here
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        async def send(message: MutableMapping[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                answer["status"] = message["status"]
-                answer["headers"] = [list(h) for h in message.get("headers", [])]
-            elif message["type"] == "http.response.body":
-                answer["body"].append(message.get("body", b""))
-
-        try:
-            await self.app(scope, receive, send)
-        except Exception:
-            logger.exception("%s %s failed in the engine process", method, path)
-        self._send(peer, [call, wire.HTTP, answer["status"], answer["headers"], b"".join(answer["body"])])
+        status, answer_headers, content = await call_app(self.app, self.state, method, path, query, headers, body)
+        self._send(peer, [call, wire.HTTP, status, answer_headers, content])
 
     def _view(self, peer: bytes, call: int) -> None:
         engine = self.runtime.engine
@@ -177,14 +153,8 @@ class EngineServer:
             self._send(peer, [call, wire.OK, engine.readiness().to_dict()])
 
     def _count(self, http: list[list[Any]], refused: list[list[Any]], process: str, cpu: float) -> None:
-        metrics = self.runtime.metrics
-        if metrics is None:
-            return
-        metrics.server_cpu.report(process, cpu)
-        for route, status, n in http:
-            metrics.http_answered(route, status, n)
-        for reason, n in refused:
-            metrics.refused(reason, n)
+        if self.runtime.metrics is not None:
+            self.runtime.metrics.add_counts(http, refused, process, cpu)
 
     # -- plumbing --------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -37,6 +38,7 @@ from chronoserve.models.base import ModelLoader
 from chronoserve.placement import Readiness, Router
 from chronoserve.request import ForecastRequest, ForecastResult
 
+from .inprocess import Answer
 from .remote import ENGINE_RETRY_AFTER, RemoteEngine
 
 logger = logging.getLogger("chronoserve.server")
@@ -92,8 +94,11 @@ class EngineSet:
         return self.remotes[0].canonical(name)
 
     async def forecast(self, request: ForecastRequest) -> ForecastResult:
-        """Forecast on the engine that would start ``request`` first (raises that engine's errors)."""
-        return await self.remotes[self.place(self.canonical(request.model))].forecast(request)
+        """Forecast on the engine that would start ``request`` first (raises that engine's errors);
+        with several engines the answer says which (``served_by``: ``engine-<i>``)."""
+        i = self.place(self.canonical(request.model))
+        result = await self.remotes[i].forecast(request)
+        return result if len(self.remotes) == 1 else dataclasses.replace(result, served_by=f"engine-{i}")
 
     def place(self, model: str) -> int:
         """The engine for a request for ``model``: by readiness, among the engines connected now."""
@@ -117,6 +122,10 @@ class EngineSet:
 
     # -- the other routes ----------------------------------------------------------------------
 
+    def send(self, frame: list[Any]) -> None:
+        """A frame that needs no answer (the front end's HTTP counts), to engine 0."""
+        self.remotes[0].send(frame)
+
     async def http(self, frame: list[Any]) -> tuple[int, list[list[bytes]], bytes]:
         """Answer any route but the forecasts: engine 0's app, or for ``/metrics``, ``/models`` and
         ``/readyz`` with several engines, every engine's answer merged (``/metrics`` and ``/models``
@@ -125,7 +134,7 @@ class EngineSet:
         if len(self.remotes) == 1 or path not in _MERGED:
             status, headers, body = await self.remotes[0].call(frame)
             return status, headers, body
-        answers: list[tuple[int, Answer]] = []
+        answers: list[tuple[object, Answer]] = []
         for i, remote in enumerate(self.remotes):
             try:
                 status, headers, body = await remote.call(list(frame))
@@ -134,14 +143,17 @@ class EngineSet:
                     raise  # not ready while an engine is away; nothing at all to merge
                 continue  # /metrics and /models: the engines that are there
             answers.append((i, (int(status), headers, bytes(body))))
-        return _MERGED[path](answers)
+        return merge(path, answers)
 
 
-Answer = tuple[int, list[list[bytes]], bytes]
+def merge(path: str, answers: Sequence[tuple[object, Answer]], label: str = "engine") -> Answer:
+    """Several engines' answers to ``path`` (one of :data:`MERGED`) as one, each engine named by
+    ``label`` (``engine``: its index; ``replica``: a Ray Serve replica's id)."""
+    return _MERGED[path](answers, label)
 
 
-def _merge_metrics(answers: Sequence[tuple[int, Answer]]) -> Answer:
-    """Every engine's metrics as one exposition, each sample labelled with its ``engine``."""
+def _merge_metrics(answers: Sequence[tuple[object, Answer]], label: str) -> Answer:
+    """Every engine's metrics as one exposition, each sample labelled with its engine (``label``)."""
     families: dict[str, Any] = {}
     for i, answer in answers:
         status, _, body = answer
@@ -149,7 +161,7 @@ def _merge_metrics(answers: Sequence[tuple[int, Answer]]) -> Answer:
             return answer
         for family in text_string_to_metric_families(body.decode()):
             merged = families.setdefault(family.name, family)
-            samples = [s._replace(labels={**s.labels, "engine": str(i)}) for s in family.samples]
+            samples = [s._replace(labels={**s.labels, label: str(i)}) for s in family.samples]
             if merged is family:
                 family.samples = samples
             else:
@@ -168,18 +180,18 @@ class _Families(Collector):
         return iter(self._families)
 
 
-def _merge_models(answers: Sequence[tuple[int, Answer]]) -> Answer:
-    """Engine 0's ``/models``, with every engine's resident models (each with its ``engine``), failed
-    loads, tiers (a model's closest tier on any engine; the host tiers added up) and, per engine,
-    its own ``tiers`` and ``policy``."""
-    bodies: list[tuple[int, Any]] = []
+def _merge_models(answers: Sequence[tuple[object, Answer]], label: str) -> Answer:
+    """The first engine's ``/models``, with every engine's resident models (each with its engine,
+    ``label``), failed loads, tiers (a model's closest tier on any engine; the host tiers added up)
+    and, per engine, its own ``tiers`` and ``policy`` (in ``label`` + ``s``)."""
+    bodies: list[tuple[object, Any]] = []
     for i, (status, headers, body) in answers:
         if status != 200:
             return status, headers, body
         bodies.append((i, json.loads(body)))
     merged = dict(bodies[0][1])
-    merged["resident"] = [{**m, "engine": i} for i, b in bodies for m in b["resident"]]
-    merged["failed"] = [{**f, "engine": i} for i, b in bodies for f in b["failed"]]
+    merged["resident"] = [{**m, label: i} for i, b in bodies for m in b["resident"]]
+    merged["failed"] = [{**f, label: i} for i, b in bodies for f in b["failed"]]
     tiers: dict[str, str] = {}
     for _, b in bodies:
         for model, tier in b["tiers"]["models"].items():
@@ -192,7 +204,7 @@ def _merge_models(answers: Sequence[tuple[int, Answer]]) -> Answer:
         "host_budget": sum(b["tiers"]["host_budget"] for _, b in bodies),
         "import_seconds": max((b["tiers"]["import_seconds"] or 0.0 for _, b in bodies), default=None),
     }
-    merged["engines"] = [{"engine": i, "tiers": b["tiers"], "policy": b["policy"]} for i, b in bodies]
+    merged[label + "s"] = [{label: i, "tiers": b["tiers"], "policy": b["policy"]} for i, b in bodies]
     headers = [[b"content-type", b"application/json"]]
     return 200, headers, json.dumps(merged).encode()
 
@@ -201,7 +213,7 @@ def _rank(tier: str) -> int:
     return _CLOSEST.index(tier) if tier in _CLOSEST else len(_CLOSEST)
 
 
-def _merge_ready(answers: Sequence[tuple[int, Answer]]) -> Answer:
+def _merge_ready(answers: Sequence[tuple[object, Answer]], label: str) -> Answer:
     """Ready (200) when every engine is; else the first engine's answer that is not."""
     for _, answer in answers:
         if answer[0] != 200:
@@ -210,6 +222,8 @@ def _merge_ready(answers: Sequence[tuple[int, Answer]]) -> Answer:
 
 
 _MERGED = {"/metrics": _merge_metrics, "/models": _merge_models, "/readyz": _merge_ready}
+#: The routes whose answers are merged over the engines (the others are one engine's).
+MERGED = frozenset(_MERGED)
 
 
-__all__ = ["VIEW_SECONDS", "EngineSet"]
+__all__ = ["MERGED", "VIEW_SECONDS", "EngineSet", "merge"]

@@ -22,8 +22,8 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Protocol, cast
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -34,14 +34,15 @@ from starlette.routing import Route
 import chronoserve.server.wire as wire
 from chronoserve.data import SeriesStore
 from chronoserve.errors import EngineUnavailable
+from chronoserve.models.base import ModelLoader
 
 from .body import ClientGone, read_body
 from .engines import EngineSet
 from .errors import HTTPError, retry_after
+from .inprocess import Answer
 from .post import ORJSONResponse
-from .remote import RemoteEngine
 from .routes import forecast, forecast_batch, healthz, http_exception
-from .runtime import ServerRuntime, ServerSettings, State
+from .runtime import Forecaster, ServerRuntime, ServerSettings, State
 
 logger = logging.getLogger("chronoserve.server")
 
@@ -51,12 +52,40 @@ ENGINE_WAIT_SECONDS = 120.0
 COUNTS_FLUSH_SECONDS = 0.5
 
 
+class Connected(Protocol):
+    def is_set(self) -> bool: ...
+
+    async def wait(self) -> Any: ...
+
+
+class Engines(Forecaster, Protocol):
+    """Where a front end sends its work: the engine processes (:class:`~.engines.EngineSet`), or
+    the engine replicas of a Ray Serve deployment (:class:`chronoserve.ray.handle.RayEngines`)."""
+
+    @property
+    def connected(self) -> Connected:
+        """Set while the engines can be reached (what a starting front end waits for)."""
+        ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def http(self, frame: list[Any]) -> Answer:
+        """The answer to a forwarded route (a :data:`~.wire.HTTP` frame)."""
+        ...
+
+    def send(self, frame: list[Any]) -> None:
+        """Send a frame that needs no answer (the HTTP counts, :data:`~.wire.COUNTS`)."""
+        ...
+
+
 class CountsForwarder:
     """The front end's HTTP counts (:class:`~.metrics.HTTPCounts`), added up here and sent to the
-    engine process's metrics every :data:`COUNTS_FLUSH_SECONDS` (one frame, not one per request),
-    with the process's CPU seconds (``chronoserve_server_cpu_seconds_total``)."""
+    engine's metrics every :data:`COUNTS_FLUSH_SECONDS` (one frame, not one per request), with
+    the process's CPU seconds (``chronoserve_server_cpu_seconds_total``)."""
 
-    def __init__(self, engine: RemoteEngine, name: str) -> None:
+    def __init__(self, engine: Engines, name: str) -> None:
         self.engine = engine
         self.name = name
         self._http: dict[tuple[str, int], int] = {}
@@ -88,8 +117,8 @@ class CountsForwarder:
 async def forward(request: Request) -> Response:
     """Any route but the forecasts: answered by the engine process's app."""
     runtime: ServerRuntime = request.state.runtime
-    engines = runtime.forecaster
-    assert isinstance(engines, EngineSet) and isinstance(runtime.counts, CountsForwarder)
+    engines = cast(Engines, runtime.forecaster)
+    assert isinstance(runtime.counts, CountsForwarder)
     runtime.counts.flush()  # a scrape right after some requests sees them
     s = runtime.settings
     try:
@@ -116,21 +145,34 @@ async def forward(request: Request) -> Response:
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
+def _engine_set(addresses: str | Sequence[str]) -> Callable[[ModelLoader], Engines]:
+    listed = [addresses] if isinstance(addresses, str) else list(addresses)
+    return lambda loader: EngineSet(listed, loader)
+
+
 def create_frontend_app(
-    settings: ServerSettings, addresses: str | Sequence[str], *, store: SeriesStore | None = None, name: str = "http-0"
+    settings: ServerSettings,
+    engines: str | Sequence[str] | Callable[[ModelLoader], Engines],
+    *,
+    store: SeriesStore | None = None,
+    loader: ModelLoader | None = None,
+    name: str = "http-0",
 ) -> Starlette:
-    """The ASGI app of front-end process ``name``, talking to the engine process(es) at ``addresses``
-    (several: each request placed by readiness, see :mod:`.engines`)."""
-    addresses = [addresses] if isinstance(addresses, str) else list(addresses)
+    """The ASGI app of front end ``name``, talking to the engine process(es) at ``engines``
+    (addresses; several: each request placed by readiness, see :mod:`.engines`), or to what
+    ``engines(loader)`` returns (the engine replicas of :mod:`chronoserve.ray`).
+
+    ``loader`` names the models (default: ``settings.engine.loader()``, which loads nothing here)."""
+    connect = _engine_set(engines) if isinstance(engines, str) or not callable(engines) else engines
     runtime = ServerRuntime(settings, store=store)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         runtime.start()
-        loader = runtime.settings.engine.loader()  # names only: no torch in a front end
-        runtime.name_models(loader.canonical)
-        engines = EngineSet(addresses, loader)
-        runtime.forecaster, runtime.counts = engines, CountsForwarder(engines.remotes[0], name)
+        names = loader if loader is not None else runtime.settings.engine.loader()  # no torch in a front end
+        runtime.name_models(names.canonical)
+        engines = connect(names)
+        runtime.forecaster, runtime.counts = engines, CountsForwarder(engines, name)
         runtime.ready = True  # readiness is the engine's: /readyz is forwarded
         await engines.start()
         # Accept connections once the engine process is there, so that a front end that is

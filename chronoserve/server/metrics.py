@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -243,6 +243,15 @@ class ServerMetrics(EngineObserver):
     def refused(self, reason: str, n: int = 1) -> None:
         """Count ``n`` requests refused before any work (a bad body, a full queue, ...)."""
         self.rejected.labels(reason).inc(n)
+
+    def add_counts(self, http: list[list[Any]], refused: list[list[Any]], process: str, cpu: float) -> None:
+        """A front end's counts since its last report (a :data:`~.wire.COUNTS` frame's fields): HTTP
+        answers ``[route, status, n]``, refusals ``[reason, n]``, and its CPU seconds so far."""
+        self.server_cpu.report(process, cpu)
+        for route, status, n in http:
+            self.http_answered(route, status, n)
+        for reason, n in refused:
+            self.refused(reason, n)
 
     def process_ready(self, seconds: float, method: str) -> None:
         """The process became ready ``seconds`` after it was created, started by ``method``."""

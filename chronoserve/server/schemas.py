@@ -355,6 +355,11 @@ class ForecastOut(BaseModel):
     cold_start: bool = Field(description="The request waited for its model to load.")
     timings: TimingsOut = Field(description="Seconds: queue + load + inference = total.")
     context_used: int
+    served_by: str | None = Field(
+        default=None,
+        description="Which engine answered, where there are several: `engine-<i>` with `serve --engines K`, "
+        "the Ray Serve replica's id with `serve --ray`; absent with one engine.",
+    )
 
 
 class ErrorDetail(BaseModel):
