@@ -107,8 +107,10 @@ def cmd_policies(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from .server import ServerSettings, run
+def serve_settings(args: argparse.Namespace) -> Any:
+    """``serve``'s options as :class:`~chronoserve.server.ServerSettings`, checked (a
+    :class:`UsageError` naming the option that cannot work)."""
+    from .server import ServerSettings
 
     models = tuple(m.strip() for m in (args.models or "").split(",") if m.strip())
     if args.data is not None and not Path(args.data).is_dir():
@@ -135,6 +137,44 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_connections=args.max_connections,
     )
     _check_serve_settings(settings)
+    return settings
+
+
+def parse_autoscale(text: str) -> tuple[int, int]:
+    """``MIN:MAX`` replicas (0 <= MIN <= MAX, MAX >= 1)."""
+    low, sep, high = text.partition(":")
+    try:
+        bounds = (int(low), int(high))
+    except ValueError:
+        bounds = (-1, -1)
+    if not sep or bounds[0] < 0 or bounds[1] < max(1, bounds[0]):
+        raise argparse.ArgumentTypeError(f"expected MIN:MAX replicas with 0 <= MIN <= MAX and MAX >= 1, got {text!r}")
+    return bounds
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import run
+
+    settings = serve_settings(args)
+    if args.ray:
+        if args.http_workers or args.engines > 1:
+            raise UsageError("--ray: replicas take the place of --http-workers and --engines (use --replicas)")
+        try:
+            from .ray.run import run_on_ray
+        except ImportError as exc:
+            raise UsageError(f'--ray needs Ray Serve: pip install "chronoserve[ray]" ({exc})') from None
+        return run_on_ray(
+            settings,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            address=args.ray_address,
+            replicas=args.replicas,
+            autoscale=args.autoscale,
+            replica_cpus=args.replica_cpus,
+            max_queued_requests=args.max_queued_requests,
+            ingress_replicas=args.ingress_replicas,
+        )
     return run(
         settings,
         host=args.host,
@@ -275,6 +315,40 @@ def build_parser() -> argparse.ArgumentParser:
         "where its model will be ready soonest (implies --http-workers 1 at least; default: 1; docs/coldstart.md)",
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    on_ray = serve.add_argument_group('Ray Serve (pip install "chronoserve[ray]"; see docs/scale-out.md)')
+    on_ray.add_argument(
+        "--ray",
+        action="store_true",
+        help="serve on Ray Serve: an ingress with this HTTP API in front of engine replicas, each request "
+        "placed where its model will be ready soonest",
+    )
+    on_ray.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="the Ray cluster to join ('auto', or host:port of `ray start --head`); default: start a local Ray",
+    )
+    scale = on_ray.add_mutually_exclusive_group()
+    scale.add_argument("--replicas", type=positive_int, default=1, metavar="N", help="engine replicas (default: 1)")
+    scale.add_argument(
+        "--autoscale",
+        type=parse_autoscale,
+        default=None,
+        metavar="MIN:MAX",
+        help="scale engine replicas between MIN and MAX on their predicted wait and queue depth",
+    )
+    on_ray.add_argument(
+        "--replica-cpus", type=positive_float, default=1.0, help="logical CPUs Ray reserves per engine replica (1)"
+    )
+    on_ray.add_argument(
+        "--max-queued-requests",
+        type=int,
+        default=-1,
+        metavar="N",
+        help="requests waiting for an engine replica before 429 with Retry-After (-1: no bound; "
+        "each replica's --max-queue refuses too)",
+    )
+    on_ray.add_argument("--ingress-replicas", type=positive_int, default=1, metavar="N", help="HTTP ingresses (1)")
     add_engine_options(serve, backend=SERVE_BACKEND)
     serve.set_defaults(func=cmd_serve)
 

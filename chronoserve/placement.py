@@ -26,6 +26,7 @@ router reads; no I/O, no threads.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +75,14 @@ class Readiness:
             per_request=self.per_request,
             workers=self.workers,
         )
+
+    def after(self, seconds: float) -> Readiness:
+        """This view ``seconds`` later, nothing more sent there: the queued and running work has
+        gone down by that much (a router's view between two reports ages so, rather than keep a
+        batch that has since finished)."""
+        if seconds <= 0.0 or self.backlog == 0.0:
+            return self
+        return dataclasses.replace(self, backlog=max(0.0, self.backlog - seconds))
 
     def to_dict(self) -> dict[str, object]:
         return {

@@ -11,6 +11,9 @@ _CACHE = tempfile.mkdtemp(prefix="chronoserve-test-cache-")
 os.environ["CHRONOSERVE_CACHE"] = _CACHE
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Ray (the tests marked `ray`) on loopback only: with this unset (read when ray is imported, so
+# here, before any test module imports it) a Ray node binds the machine's first network address.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 # The garbage collector, sized for a test session. The suite's heap is large (torch, transformers,
 # pandas, hypothesis, schemathesis: millions of objects), and with CPython's default thresholds

@@ -84,6 +84,7 @@ def test_forecast_from_csv_with_gaps(tmp_path, capsys):
         (["forecast", "--values", "1,2,3", "--policy", "lru", "--max-batch", "4"], "max_batch"),
         (["serve", "--policy", "nope"], "unknown policy 'nope'"),
         (["serve", "--data", "/nonexistent-dir"], "--data: not a directory"),
+        (["serve", "--ray", "--engines", "2"], "--ray: replicas take the place of --http-workers and --engines"),
     ],
 )
 def test_bad_input_is_a_message_and_a_nonzero_exit_not_a_traceback(argv, message, capsys):
@@ -92,6 +93,20 @@ def test_bad_input_is_a_message_and_a_nonzero_exit_not_a_traceback(argv, message
     assert code == 2
     assert message in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["serve", "--ray", "--autoscale", "4:1"], "argument --autoscale: expected MIN:MAX replicas"),
+        (["serve", "--ray", "--replicas", "2", "--autoscale", "1:2"], "not allowed with argument --replicas"),
+    ],
+)
+def test_bad_ray_options_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_serve_refuses_a_data_dir_with_bad_csvs(tmp_path, capsys):

@@ -1,0 +1,182 @@
+"""chronoserve's HTTP API on Ray Serve: an ingress deployment in front of the engine deployment.
+
+The ingress runs the front end of ``serve --http-workers`` (:func:`~chronoserve.server.frontend.create_frontend_app`:
+the same routes, validation and OpenAPI schema as ``chronoserve serve``, one app, not a copy)
+with the engine deployment of :mod:`.replica` as its engines (:class:`~.handle.RayEngines`):
+Ray's HTTP proxy hands it requests, it parses and validates them and sends ready forecasts to
+the replica where their model will be ready soonest (:mod:`.router`).
+
+:func:`ingress_app` builds the application; :func:`build` is the same for ``serve run`` with a
+Serve config file (``import_path: chronoserve.ray.ingress:build``, ``args`` the options of
+``chronoserve serve`` by name); ``chronoserve serve --ray`` runs it (:mod:`.run`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ray import serve
+from ray.serve.config import AutoscalingConfig, AutoscalingPolicy, BackpressureConfig
+
+from chronoserve.errors import ChronoserveError
+from chronoserve.models.base import ModelLoader
+from chronoserve.server.frontend import create_frontend_app
+from chronoserve.server.runtime import ServerSettings
+
+from .autoscale import POLICY
+from .handle import NO_REPLICA_S, RETRY_AFTER_S, RayEngines
+from .replica import engine_deployment
+
+#: Logical CPUs Ray reserves for each ingress replica (it parses HTTP; the engines compute).
+INGRESS_CPUS = 0.0
+
+
+@serve.deployment
+@serve.ingress()
+class Ingress:
+    """chronoserve's HTTP API, over the engine deployment behind ``engines``."""
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        engines: Any,
+        loader: Callable[[], ModelLoader] | None = None,
+        no_replica_timeout: float = NO_REPLICA_S,
+    ) -> None:
+        self.settings = settings
+        self.engines = engines
+        self.loader = loader
+        self.no_replica_timeout = no_replica_timeout
+
+    def __serve_build_asgi_app__(self) -> Any:
+        replica = serve.get_replica_context().replica_id.unique_id
+        app = create_frontend_app(
+            self.settings,
+            lambda names: RayEngines(self.engines, names, no_replica_timeout=self.no_replica_timeout),
+            loader=self.loader() if self.loader is not None else None,
+            name=f"ingress-{replica}",
+        )
+        return _with_state(app, {"runtime": app.state.runtime})
+
+
+def _with_state(app: Any, state: Mapping[str, Any]) -> Any:
+    """``app`` with its lifespan ``state`` in every request's scope: Serve runs the app's lifespan
+    but, unlike uvicorn, does not hand the state it yields to the requests."""
+
+    async def with_state(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            scope["state"] = dict(state)
+        await app(scope, receive, send)
+
+    return with_state
+
+
+def autoscaling(
+    low: int, high: int, *, target_wait_s: float = 0.5, target_queue: float = 64.0, **config: Any
+) -> AutoscalingConfig:
+    """Between ``low`` and ``high`` replicas on chronoserve's signals (:mod:`.autoscale`); ``config``:
+    more of Ray's ``AutoscalingConfig`` (``upscale_delay_s``, ``downscale_delay_s``, ...)."""
+    policy = AutoscalingPolicy(
+        policy_function=POLICY, policy_kwargs={"target_wait_s": target_wait_s, "target_queue": target_queue}
+    )
+    return AutoscalingConfig(min_replicas=low, max_replicas=high, initial_replicas=low, policy=policy, **config)
+
+
+def ingress_app(
+    settings: ServerSettings,
+    *,
+    replicas: int = 1,
+    autoscale: tuple[int, int] | None = None,
+    replica_cpus: float = 1.0,
+    max_queued_requests: int = -1,
+    ingress_replicas: int = 1,
+    loader: Callable[[], ModelLoader] | None = None,
+    stats_period: float | None = None,
+    no_replica_timeout: float = NO_REPLICA_S,
+    engine_options: Mapping[str, Any] | None = None,
+) -> Any:
+    """The application (``serve.run`` it with ``route_prefix="/"``): ``ingress_replicas`` ingresses
+    in front of ``replicas`` engine replicas (or ``autoscale`` = (min, max) of them), each with
+    ``replica_cpus`` logical CPUs.
+
+    ``max_queued_requests``: requests waiting at an ingress for an engine replica before more are
+    answered 429 with ``Retry-After`` (-1: no bound; each engine's own ``max_queue`` refuses too).
+    ``no_replica_timeout``: seconds a request waits while there is no engine replica at all
+    before it fails with 503 (Ray would hold it until one comes). ``engine_options``: more of
+    ``serve.deployment``'s options for the engine deployment.
+    """
+    options: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": replica_cpus},
+        "max_queued_requests": max_queued_requests,
+        "backpressure_config": BackpressureConfig(status_code=429, retry_after_s=int(RETRY_AFTER_S)),
+    }
+    if autoscale is not None:
+        options["autoscaling_config"] = autoscaling(*autoscale)
+    if stats_period is not None:
+        options["stats_period"] = stats_period
+    options.update(engine_options or {})
+    engines = engine_deployment(settings, replicas="auto" if autoscale else replicas, loader=loader, **options)
+    front = Ingress.options(  # type: ignore[attr-defined]  # serve.deployment's wrapper
+        num_replicas=ingress_replicas, ray_actor_options={"num_cpus": INGRESS_CPUS}, max_ongoing_requests=10_000
+    )
+    return front.bind(settings, engines, loader, no_replica_timeout)
+
+
+#: ``build``'s arguments that are not ``chronoserve serve`` options.
+_RAY_ARGS = ("replicas", "autoscale", "replica_cpus", "max_queued_requests", "ingress_replicas")
+
+
+def build(args: Mapping[str, Any]) -> Any:
+    """The application for ``serve run`` / a Serve config file: ``args`` are the options of
+    ``chronoserve serve`` by name (``policy: batched``, ``max_queue: 2048``, ``models: a,b``...) and
+    ``replicas``, ``autoscale`` (``"MIN:MAX"``), ``replica_cpus``, ``max_queued_requests``,
+    ``ingress_replicas``. A bad option raises ``ValueError`` naming it."""
+    from chronoserve._cli_common import UsageError
+    from chronoserve.cli import build_parser, parse_autoscale, serve_settings
+
+    argv = ["serve"]
+    ray_args: dict[str, Any] = {}
+    for key, value in dict(args).items():
+        name = str(key).replace("-", "_")
+        if name in _RAY_ARGS:
+            ray_args[name] = value
+        elif value is True:
+            argv.append("--" + name.replace("_", "-"))
+        elif value is not False and value is not None:
+            argv += ["--" + name.replace("_", "-"), str(value)]
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            parsed = build_parser().parse_args(argv)
+    except SystemExit:
+        raise ValueError(f"chronoserve args: {errors.getvalue().strip().splitlines()[-1]}") from None
+    try:
+        settings = serve_settings(parsed)
+    except (ChronoserveError, UsageError) as exc:
+        raise ValueError(f"chronoserve args: {exc}") from None
+
+    def number(name: str, kind: type, default: Any) -> Any:
+        try:
+            return kind(ray_args.get(name, default))
+        except (TypeError, ValueError):
+            raise ValueError(f"chronoserve args: {name}: expected a number, got {ray_args[name]!r}") from None
+
+    try:
+        autoscale = parse_autoscale(str(ray_args["autoscale"])) if ray_args.get("autoscale") else None
+    except argparse.ArgumentTypeError as exc:
+        raise ValueError(f"chronoserve args: autoscale: {exc}") from None
+    return ingress_app(
+        settings,
+        replicas=number("replicas", int, 1),
+        autoscale=autoscale,
+        replica_cpus=number("replica_cpus", float, 1.0),
+        max_queued_requests=number("max_queued_requests", int, -1),
+        ingress_replicas=number("ingress_replicas", int, 1),
+    )
+
+
+__all__ = ["Ingress", "autoscaling", "build", "ingress_app"]

@@ -1,0 +1,48 @@
+"""What the Ray tests share: Ray kept on 127.0.0.1 and patient on a loaded machine, fake engines.
+
+Imported only by the tests marked ``ray`` (Ray is an extra). Every Ray test module is in the
+xdist group ``ray`` (pytest runs with ``--dist loadgroup``), so one worker runs them one module
+after the other and two Ray clusters never start at once.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import partial
+
+from chronoserve.testing import FakeLoader, fake_spec
+
+#: Serve's proxy must be ready in 5 s and answer health checks in 10 s by default: on a loaded
+#: 2-core machine it may not, and Serve kills it. Set before Ray starts (its processes inherit them).
+PATIENT = {
+    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "300",
+    "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "300",
+    "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": "60",
+    "RAY_DEDUP_LOGS": "0",
+}
+#: Replicas' health checks, as patient (serve.deployment options); still every 10 s (Serve's
+#: default), which is also how soon it notices a replica that died.
+PATIENT_REPLICAS = {"health_check_timeout_s": 300}
+
+MODELS = ("a", "b")
+SERIES = [float(i % 24) for i in range(48)]
+BODY = {"city": "dongsi", "horizon_hours": 4}
+
+
+def fake_loader(**options: object) -> partial[FakeLoader]:
+    """Each replica's loader: models ``a``, ``b`` and ``h`` (``hang={"h"}`` makes its batches run until
+    stopped), loads of 0.2 s, more :class:`FakeLoader` ``options``. A partial of a class the replicas
+    can import (a test module's function would not unpickle there)."""
+    specs = {m: fake_spec(m) for m in (*MODELS, "h")}
+    return partial(FakeLoader, specs=specs, load_seconds=0.2, **options)
+
+
+def patient_environment() -> None:
+    os.environ.update(PATIENT)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
