@@ -3,6 +3,8 @@ from __future__ import annotations
 import gc
 import os
 import tempfile
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -34,3 +36,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 def model_cache() -> str:
     """The session's model cache directory (``CHRONOSERVE_CACHE``)."""
     return _CACHE
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[Any]:
+    """The Ray tests' cluster: two nodes on 127.0.0.1 and Serve's proxy (``tests/ray_cluster.py``),
+    started once for all of them (they run in one xdist worker: the group ``ray``)."""
+    from ray_cluster import two_nodes
+
+    with two_nodes() as cluster:
+        yield cluster

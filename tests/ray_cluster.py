@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 
 from chronoserve.testing import FakeLoader, fake_spec
@@ -46,3 +49,44 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+#: Logical CPUs of each of the two nodes (Ray's accounting: a replica asking for all of them gets
+#: a node to itself, which is how the cluster tests put one replica on each).
+NODE_CPUS = 8
+
+
+@dataclass(frozen=True)
+class RayCluster:
+    address: str
+    """The head's address (``ray.init(address=...)``, ``serve --ray-address``)."""
+    port: int
+    """Serve's HTTP proxy, on 127.0.0.1."""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@contextmanager
+def two_nodes() -> Iterator[RayCluster]:
+    """A head and a second node on 127.0.0.1 (``NODE_CPUS`` each), this process connected, and
+    Serve's proxy on the head on a free port. One for all the Ray tests: each start costs tens of
+    seconds of both cores."""
+    import ray
+    from ray import serve
+    from ray.cluster_utils import Cluster
+    from ray.serve.config import HTTPOptions
+
+    patient_environment()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": NODE_CPUS, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=NODE_CPUS)
+        ray.init(address=cluster.address, log_to_driver=False)
+        port = free_port()
+        serve.start(proxy_location="HeadOnly", http_options=HTTPOptions(host="127.0.0.1", port=port))
+        yield RayCluster(cluster.address, port)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        cluster.shutdown()

@@ -1,4 +1,4 @@
-"""chronoserve on Ray Serve (the ``ray`` extra), on a local Ray on 127.0.0.1: the engine replicas as a
+"""chronoserve on Ray Serve (the ``ray`` extra), on the Ray tests' cluster on 127.0.0.1: the engine replicas as a
 library, and the HTTP API through Serve's proxy: the same app and answers as ``chronoserve serve``,
 requests placed by model, merged ``/metrics`` and ``/models``, backpressure 429, drain."""
 
@@ -16,8 +16,7 @@ ray = pytest.importorskip("ray")
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(300), pytest.mark.xdist_group("ray")]
 
 from ray import serve  # noqa: E402
-from ray.serve.config import HTTPOptions  # noqa: E402
-from ray_cluster import BODY, MODELS, PATIENT_REPLICAS, SERIES, fake_loader, free_port, patient_environment  # noqa: E402
+from ray_cluster import BODY, MODELS, PATIENT_REPLICAS, SERIES, RayCluster, fake_loader  # noqa: E402
 from waiting import until  # noqa: E402
 
 from chronoserve import ForecastRequest  # noqa: E402
@@ -36,17 +35,8 @@ ONE_EACH = {"policy": "batched", "policy_options": {"max_wait": 0.001, "max_resi
 
 
 @pytest.fixture(scope="module")
-def url() -> Iterator[str]:
-    """A local Ray on 127.0.0.1 with Serve's HTTP proxy on a free port; its URL."""
-    patient_environment()
-    ray.init(address="local", num_cpus=8, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
-    try:
-        port = free_port()
-        serve.start(http_options=HTTPOptions(host="127.0.0.1", port=port))
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+def url(ray_cluster: RayCluster) -> str:
+    return ray_cluster.url
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from chronoserve.cli import parse_autoscale
+from chronoserve._serve_options import parse_autoscale
 from chronoserve.ray.autoscale import PredictedWait, desired_replicas
 
 

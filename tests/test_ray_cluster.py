@@ -1,5 +1,5 @@
 """chronoserve on a two-node Ray cluster on 127.0.0.1 (``ray.cluster_utils.Cluster``: a head and a
-second node, one CPU each, so each engine replica lands on its own node): requests follow their
+second node; each engine replica asks for all of a node's CPUs, so each lands on its own node): requests follow their
 models across nodes, and a replica killed mid-burst loses no accepted request silently."""
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ ray = pytest.importorskip("ray")
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(300), pytest.mark.xdist_group("ray")]
 
 from ray import serve  # noqa: E402
-from ray.cluster_utils import Cluster  # noqa: E402
-from ray.serve.config import HTTPOptions  # noqa: E402
-from ray_cluster import BODY, MODELS, PATIENT_REPLICAS, fake_loader, free_port, patient_environment  # noqa: E402
+from ray_cluster import BODY, MODELS, NODE_CPUS, PATIENT_REPLICAS, RayCluster, fake_loader  # noqa: E402
 from test_ray import ONE_EACH, SETTLE_SECONDS, settled  # noqa: E402
 from waiting import until  # noqa: E402
 
@@ -25,25 +23,16 @@ from chronoserve.testing import server_settings  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def url() -> Iterator[str]:
-    """Two nodes on 127.0.0.1, one CPU each; two engine replicas (one CPU each: one a node) behind
-    the HTTP API, whose fake batches take 0.05 s."""
-    patient_environment()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    try:
-        cluster.add_node(num_cpus=1)
-        ray.init(address=cluster.address, log_to_driver=False)
-        port = free_port()
-        serve.start(proxy_location="HeadOnly", http_options=HTTPOptions(host="127.0.0.1", port=port))
-        settings = server_settings(default_model="a", models=("b",), **ONE_EACH)
-        loader = fake_loader(predict_seconds=0.05)
-        app = ingress_app(settings, replicas=2, loader=loader, stats_period=0.2, engine_options=PATIENT_REPLICAS)
-        serve.run(app, name="cluster", route_prefix="/")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        cluster.shutdown()
+def url(ray_cluster: RayCluster) -> Iterator[str]:
+    """Two engine replicas, one on each node (each asks for all of a node's CPUs), behind the HTTP
+    API, whose fake batches take 0.05 s."""
+    settings = server_settings(default_model="a", models=("b",), **ONE_EACH)
+    loader = fake_loader(predict_seconds=0.05)
+    options = {**PATIENT_REPLICAS, "ray_actor_options": {"num_cpus": NODE_CPUS}}
+    app = ingress_app(settings, replicas=2, loader=loader, stats_period=0.2, engine_options=options)
+    serve.run(app, name="cluster", route_prefix="/")
+    yield ray_cluster.url
+    serve.delete("cluster")
 
 
 def test_the_two_replicas_are_on_the_two_nodes(url: str) -> None:
@@ -52,7 +41,7 @@ def test_the_two_replicas_are_on_the_two_nodes(url: str) -> None:
     replicas = [a for a in ray.util.list_named_actors(all_namespaces=True) if "chronoserve-engine" in a["name"]]
     handles = [ray.get_actor(a["name"], namespace=a["namespace"]) for a in replicas]
     where = ray.get([h.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id()) for h in handles])
-    assert sorted(where) == sorted(n["NodeID"] for n in nodes)  # one CPU each on two one-CPU nodes
+    assert sorted(where) == sorted(n["NodeID"] for n in nodes)  # each asked for a whole node
 
 
 async def test_requests_follow_their_models_across_the_nodes(url: str) -> None:

@@ -102,7 +102,12 @@ class RayEngines:
         ``no_replica_timeout`` seconds, it is cancelled and fails with :class:`EngineUnavailable`."""
         waiting = asyncio.ensure_future(response)
         while True:
-            done, _ = await asyncio.wait({waiting}, timeout=WATCH_S)
+            try:
+                done, _ = await asyncio.wait({waiting}, timeout=WATCH_S)
+            except asyncio.CancelledError:  # the client left: so does the request, in its replica
+                response.cancel()
+                waiting.cancel()
+                raise
             if done:
                 return waiting.result()
             if self._no_replica_for() > self.no_replica_timeout:

@@ -136,9 +136,9 @@ def build(args: Mapping[str, Any]) -> Any:
     ``replicas``, ``autoscale`` (``"MIN:MAX"``), ``replica_cpus``, ``max_queued_requests``,
     ``ingress_replicas``. A bad option raises ``ValueError`` naming it."""
     from chronoserve._cli_common import UsageError
-    from chronoserve.cli import build_parser, parse_autoscale, serve_settings
+    from chronoserve._serve_options import parse_autoscale, serve_parser, serve_settings
 
-    argv = ["serve"]
+    argv: list[str] = []
     ray_args: dict[str, Any] = {}
     for key, value in dict(args).items():
         name = str(key).replace("-", "_")
@@ -151,8 +151,10 @@ def build(args: Mapping[str, Any]) -> Any:
     errors = io.StringIO()
     try:
         with contextlib.redirect_stderr(errors):
-            parsed = build_parser().parse_args(argv)
-    except SystemExit:
+            parsed = serve_parser().parse_args(argv)
+    except (SystemExit, argparse.ArgumentError) as exc:
+        if isinstance(exc, argparse.ArgumentError):
+            raise ValueError(f"chronoserve args: {exc}") from None
         raise ValueError(f"chronoserve args: {errors.getvalue().strip().splitlines()[-1]}") from None
     try:
         settings = serve_settings(parsed)
