@@ -37,7 +37,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -71,7 +70,8 @@ def server_settings(model: str, **engine: Any) -> Any:
 
 
 def sibling(script: str) -> ModuleType:
-    """``bench/<script>.py`` as a module (``http.py``'s wrk helpers, ``coldstart.py``'s models)."""
+    """``bench/<script>.py`` as a module (``http.py``'s wrk helpers, ``serving.py``'s free port,
+    ``coldstart.py``'s models): ``bench/http.py``'s ``load_sibling``, which this loads ``http.py`` with."""
     name = f"_bench_{script}"
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, HERE / f"{script}.py")
@@ -87,9 +87,7 @@ def note(text: str) -> None:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return int(sibling("serving").free_port())  # as bench/http.py does
 
 
 def wait_ready(url: str, deadline: float = 600.0) -> None:
