@@ -7,21 +7,25 @@
 
 Sections (``--sections``, all by default), each printed as a table with its goal met or not:
 
-- ``overhead``: ``chronoserve serve`` (its defaults) and ``chronoserve serve --ray --replicas 1``
-  (a local Ray on 127.0.0.1, Serve's proxy, the ingress, one engine replica), each driven by
-  ``wrk -c{C} -d{D}s`` with one ``POST /forecast`` body (240 points of real PM2.5, 24 steps) on
-  ``--model``, one after the other, on the same cores. Goal: Ray ≥ 0.85x the throughput.
+- ``overhead``: ``chronoserve serve`` (its defaults), ``serve --http-workers 1`` (the same split
+  into a front end and an engine process, without Ray), ``serve --ray --replicas 1`` (a local
+  Ray on 127.0.0.1; its own front end in front of one engine replica, reached directly) and
+  ``serve --ray --ray-proxy --replicas 1`` (Serve's HTTP proxy and the ingress deployment, as
+  ``serve run`` runs it), each driven by ``wrk -c{C} -d{D}s`` with one ``POST /forecast`` body
+  (240 points of real PM2.5, 24 steps) on ``--model``, one after the other, on the same cores.
+  Goal: ``serve --ray`` ≥ 0.85x the throughput of ``serve``.
 - ``affinity``: ``traces/zipf-models.jsonl`` (16 random-weight models, Zipf popularity with
-  bursts) replayed open-loop (``chronoserve.replay`` against the URL) on 2 engine replicas, each
-  with a memory budget of a third of the models' bytes, routed by chronoserve's router
-  (placement by readiness) and by Ray's own (which knows nothing of models). A request hits
-  when its model was resident where it ran (its answer's ``cold_start`` is false). Goal:
-  ≥ 90 % hits with chronoserve's router.
+  bursts) replayed open-loop (``chronoserve.replay`` against the URL) on ``serve --ray
+  --replicas 2`` on a 2-node cluster, each replica with a memory budget of a third of the
+  models' bytes, requests placed by readiness. A request hits when its model was resident where
+  it ran (its answer's ``cold_start`` is false). Goal: ≥ 90 % hits.
 - ``scaling``: a simulated 2-node cluster (``ray.cluster_utils.Cluster``, one CPU each, on
-  127.0.0.1), the engine deployment with 1 and then 2 replicas (1 worker, 1 torch thread each:
-  one CPU each), wrk as in ``overhead``. Goal: 2 replicas ≥ 1.5x one. Ray's own processes and wrk
-  share the machine's cores: the table says what each group used (CPU seconds during the run,
-  from /proc).
+  127.0.0.1), ``serve --ray --ray-address`` with 1 and then 2 replicas (1 worker, 1 torch
+  thread each: one CPU each) of ``--scaling-model`` (random weights: a request's work outweighs
+  the front end's, as when one scales out; with a light model, on 2 shared cores, the front end
+  and Ray take what a second replica would need), wrk as in ``overhead``. Goal: 2 replicas ≥ 1.5x one. Ray's own
+  processes, the front end and wrk share the machine's cores: the table says what each group
+  used (CPU seconds during the run, from /proc).
 
 Output: the tables on stdout, progress on stderr, ``ray.json`` under ``--out`` (default
 ``results/ray``). Random weights give real timings and meaningless forecasts. Compare only
@@ -50,14 +54,20 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 if __name__ == "__main__":
-    # `python bench/ray.py` puts bench/ first on sys.path, where `import ray` would find this file.
+    # `python bench/ray.py` puts bench/ first on sys.path, where `import ray` would find this file;
+    # and bench/coldstart.py puts it back when loaded: Ray is imported here first, for good.
     sys.path[:] = [p for p in sys.path if Path(p or os.curdir).resolve() != HERE]
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback (read at import)
+    import ray  # noqa: F401
 
 DEFAULT_MODEL = "chronos-2-pm25"
+SCALING_MODEL = "random/chronos-bolt-small"
 SECTIONS = ("overhead", "affinity", "scaling")
 GOAL_OVERHEAD, GOAL_HITS, GOAL_SCALING = 0.85, 0.90, 1.5
 TRACE = ROOT / "traces" / "zipf-models.jsonl"
 ONE_CPU = {"workers": 1, "torch_threads": 1}
+RAY, RAY_PROXY = "serve --ray --replicas 1", "serve --ray --ray-proxy --replicas 1"
+SPLIT = "serve --http-workers 1"
 
 
 def server_settings(model: str, **engine: Any) -> Any:
@@ -118,7 +128,9 @@ def _group(cmdline: str) -> str | None:
         return "Serve proxy"
     if "wrk" in cmdline.split("\0", 1)[0]:
         return "wrk"
-    if "chronoserve serve" in cmdline.replace("\0", " ") and "--ray" not in cmdline:
+    if "chronoserve serve" in cmdline.replace("\0", " "):
+        return "front end (driver)" if "--ray" in cmdline else "chronoserve serve"
+    if "multiprocessing.forkserver" in cmdline:  # serve --http-workers' processes (from its fork server)
         return "chronoserve serve"
     if "ray" in cmdline or "gcs_server" in cmdline or "raylet" in cmdline:
         return "Ray's own"
@@ -213,67 +225,68 @@ def process(cmd: Sequence[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
 def overhead(model: str, connections: int, duration: int, out: Path) -> dict[str, Any]:
     wrk = Wrk(model, out)
     rows = {}
-    for label, extra in (("serve", []), ("serve --ray --replicas 1", ["--ray", "--replicas", "1"])):
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        cmd = [sys.executable, "-m", "chronoserve", "serve", "--port", str(port), "--default-model", model, *extra]
+    systems = (
+        ("serve", []),
+        (SPLIT, ["--http-workers", "1"]),
+        (RAY, ["--ray", "--replicas", "1"]),
+        (RAY_PROXY, ["--ray", "--ray-proxy", "--replicas", "1"]),
+    )
+    for label, extra in systems:
         note(f"overhead: {label} ...")
-        with process(cmd, out / f"overhead-{len(rows)}.log"):
-            wait_ready(url)
+        with serving(["--default-model", model, *extra], out / f"overhead-{len(rows)}.log") as url:
             answer = wrk.check(url)
             rows[label] = {**wrk.run(url, connections, duration), "served_by": answer.get("served_by")}
-    ratio = rows["serve --ray --replicas 1"]["requests_per_s"] / rows["serve"]["requests_per_s"]
+    ratio = rows[RAY]["requests_per_s"] / rows["serve"]["requests_per_s"]
     return {
         "model": model,
         "connections": connections,
         "rows": rows,
         "ratio": round(ratio, 3),
+        "proxy_ratio": round(rows[RAY_PROXY]["requests_per_s"] / rows["serve"]["requests_per_s"], 3),
+        "split_ratio": round(rows[SPLIT]["requests_per_s"] / rows["serve"]["requests_per_s"], 3),
         "met": ratio >= GOAL_OVERHEAD,
     }
 
 
 @contextmanager
 def cluster(nodes: int) -> Iterator[str]:
-    """A Ray cluster of ``nodes`` one-CPU nodes on 127.0.0.1 with Serve's proxy on a free port."""
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # loopback (read at import: below)
-    import ray
-    from ray import serve
+    """A Ray cluster of ``nodes`` one-CPU nodes on 127.0.0.1; its address (``serve --ray-address``)."""
     from ray.cluster_utils import Cluster
-    from ray.serve.config import HTTPOptions
 
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:
         for _ in range(nodes - 1):
             c.add_node(num_cpus=1)
-        ray.init(address=c.address, log_to_driver=False)
-        port = free_port()
-        serve.start(proxy_location="HeadOnly", http_options=HTTPOptions(host="127.0.0.1", port=port))
-        yield f"http://127.0.0.1:{port}"
+        yield c.address
     finally:
-        serve.shutdown()
-        ray.shutdown()
         c.shutdown()
 
 
-def scaling(model: str, connections: int, duration: int, out: Path) -> dict[str, Any]:
-    from ray import serve
+@contextmanager
+def serving(args: Sequence[str], log: Path) -> Iterator[str]:
+    """``chronoserve serve`` with ``args`` on a free port, until it is ready; its URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with process([sys.executable, "-m", "chronoserve", "serve", "--port", str(port), *args], log):
+        wait_ready(url)
+        yield url
 
-    from chronoserve.ray.ingress import ingress_app
 
+def scaling(model: str, backend: str, connections: int, duration: int, out: Path) -> dict[str, Any]:
     wrk = Wrk(model, out)
     rows = {}
-    with cluster(2) as url:
+    with cluster(2) as address:
         for replicas in (1, 2):
-            note(f"scaling: {replicas} replica(s) on a 2-node cluster ...")
-            settings = server_settings(model, max_queue=4096, **ONE_CPU)
-            serve.run(ingress_app(settings, replicas=replicas), name="bench", route_prefix="/")
-            wait_ready(url)
-            wrk.check(url)
-            rows[str(replicas)] = wrk.run(url, connections, duration)
-            serve.delete("bench")
+            note(f"scaling: {replicas} replica(s) of {model} ({backend}) on a 2-node cluster ...")
+            args = ["--ray", "--ray-address", address, "--replicas", str(replicas), "--replica-cpus", "1"]
+            args += ["--default-model", model, "--backend", backend, "--max-queue", "4096"]
+            args += ["--workers", "1", "--torch-threads", "1"]
+            with serving(args, out / f"scaling-{replicas}.log") as url:
+                wrk.check(url)
+                rows[str(replicas)] = wrk.run(url, connections, duration)
     ratio = rows["2"]["requests_per_s"] / rows["1"]["requests_per_s"]
     return {
-        "model": model,
+        "model": f"{model} ({backend})",
         "connections": connections,
         "rows": rows,
         "ratio": round(ratio, 3),
@@ -282,9 +295,6 @@ def scaling(model: str, connections: int, duration: int, out: Path) -> dict[str,
 
 
 def affinity(limit: int | None, out: Path) -> dict[str, Any]:
-    from ray import serve
-
-    from chronoserve.ray.ingress import ingress_app
     from chronoserve.replay import replay
     from chronoserve.replay.targets import HTTPTarget
     from chronoserve.traces import read_trace
@@ -297,31 +307,23 @@ def affinity(limit: int | None, out: Path) -> dict[str, Any]:
     coldstart.prepare(list(sizes), "torch")
     third = sum(sizes.values()) // 3
     rows = {}
-    with cluster(2) as url:
-        for label, router in (("chronoserve", "chronoserve.ray.router:ReadinessRouter"), ("Ray's default", None)):
-            note(f"affinity: {len(requests)} requests, routed by {label}'s router ...")
-            options = {"max_resident": len(sizes), "memory_budget": third, "eviction": "gdsf"}
-            settings = server_settings(
-                "random/chronos-bolt-tiny",
-                backend="torch",
-                policy="batched",
-                policy_options=options,
-                **ONE_CPU,
-            )
-            app = ingress_app(settings, replicas=2, engine_options={"router": router})
-            serve.run(app, name="bench", route_prefix="/")
-            wait_ready(url)
+    with cluster(2) as address:
+        note(f"affinity: {len(requests)} requests on 2 replicas, placed by readiness ...")
+        args = ["--ray", "--ray-address", address, "--replicas", "2", "--replica-cpus", "1"]
+        args += ["--default-model", "random/chronos-bolt-tiny", "--backend", "torch", "--policy", "batched"]
+        args += ["--max-resident", str(len(sizes)), "--memory-budget", str(third), "--eviction", "gdsf"]
+        args += ["--workers", "1", "--torch-threads", "1", "--max-queue", "4096"]
+        with serving(args, out / "affinity.log") as url:
             result = asyncio.run(replay(requests, HTTPTarget(url), progress=True, plots=False))
-            s = result.summary
-            rows[label] = {
-                "requests": s.requests,
-                "ok": s.ok,
-                "errors": s.errors,
-                "hit_ratio": round(1.0 - s.cold_starts / s.ok, 3) if s.ok else None,
-                "p50_ms": round(s.percentiles["end_to_end"][50.0] * 1000, 1),
-                "p99_ms": round(s.percentiles["end_to_end"][99.0] * 1000, 1),
-            }
-            serve.delete("bench")
+        s = result.summary
+        rows["chronoserve"] = {
+            "requests": s.requests,
+            "ok": s.ok,
+            "errors": s.errors,
+            "hit_ratio": round(1.0 - s.cold_starts / s.ok, 3) if s.ok else None,
+            "p50_ms": round(s.percentiles["end_to_end"][50.0] * 1000, 1),
+            "p99_ms": round(s.percentiles["end_to_end"][99.0] * 1000, 1),
+        }
     hits = rows["chronoserve"]["hit_ratio"] or 0.0
     return {
         "trace": str(TRACE.relative_to(ROOT)),
@@ -357,7 +359,11 @@ def report(results: Mapping[str, Any]) -> str:
     if "overhead" in results:
         o = results["overhead"]
         title = f"## overhead: {o['model']}, wrk -c{o['connections']}"
-        lines += _wrk_table(title, "system", o, f"Ray / serve: {o['ratio']:.2f}x (goal >= {GOAL_OVERHEAD}x)")
+        goal = (
+            f"Ray / serve: {o['ratio']:.2f}x (goal >= {GOAL_OVERHEAD}x; the same split without Ray, "
+            f"--http-workers 1: {o['split_ratio']:.2f}x; through Serve's proxy {o['proxy_ratio']:.2f}x)"
+        )
+        lines += _wrk_table(title, "system", o, goal)
     if "affinity" in results:
         a = results["affinity"]
         lines += [
@@ -385,6 +391,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"the model wrk's body names (default: {DEFAULT_MODEL})")
+    parser.add_argument(
+        "--scaling-model",
+        default=SCALING_MODEL,
+        help=f"the scaling section's model (default: {SCALING_MODEL}, whose work per request outweighs the "
+        "front end's: on shared cores a light model measures the front end, not the replicas)",
+    )
+    parser.add_argument("--scaling-backend", default="torch", choices=["torch", "onnx"])
     parser.add_argument("--connections", type=int, default=64, help="wrk's connections (default: 64)")
     parser.add_argument("--duration", type=int, default=20, help="seconds of wrk per point (default: 20)")
     parser.add_argument("--limit", type=int, default=None, help="replay only the trace's first N requests")
@@ -400,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = {
         "overhead": lambda: overhead(args.model, args.connections, args.duration, args.out),
         "affinity": lambda: affinity(args.limit, args.out),
-        "scaling": lambda: scaling(args.model, args.connections, args.duration, args.out),
+        "scaling": lambda: scaling(args.scaling_model, args.scaling_backend, args.connections, args.duration, args.out),
     }
     for section in sections:
         results[section] = runs[section]()

@@ -110,8 +110,14 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
     on_ray.add_argument(
         "--ray",
         action="store_true",
-        help="serve on Ray Serve: an ingress with this HTTP API in front of engine replicas, each request "
+        help="serve on Ray Serve: this HTTP API here, in front of engine replicas on Ray, each request "
         "placed where its model will be ready soonest",
+    )
+    on_ray.add_argument(
+        "--ray-proxy",
+        action="store_true",
+        help="with --ray: HTTP through Ray Serve's proxy and an ingress deployment (as `serve run` does), "
+        "not this process; slower (docs/scale-out.md)",
     )
     on_ray.add_argument(
         "--ray-address",
@@ -136,10 +142,12 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
         type=int,
         default=-1,
         metavar="N",
-        help="requests waiting for an engine replica before 429 with Retry-After (-1: no bound; "
-        "each replica's --max-queue refuses too)",
+        help="requests waiting at the front end for an engine replica before 429 with Retry-After "
+        "(-1: --max-queue's bound; each replica's --max-queue refuses too)",
     )
-    on_ray.add_argument("--ingress-replicas", type=positive_int, default=1, metavar="N", help="HTTP ingresses (1)")
+    on_ray.add_argument(
+        "--ingress-replicas", type=positive_int, default=1, metavar="N", help="with --ray-proxy: HTTP ingresses (1)"
+    )
     add_engine_options(serve, backend=SERVE_BACKEND)
 
 

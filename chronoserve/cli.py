@@ -105,9 +105,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .server import run
 
     settings = serve_settings(args)
+    if not args.ray and (args.ray_proxy or args.ray_address):
+        raise UsageError(f"{'--ray-proxy' if args.ray_proxy else '--ray-address'} needs --ray")
     if args.ray:
         if args.http_workers or args.engines > 1:
             raise UsageError("--ray: replicas take the place of --http-workers and --engines (use --replicas)")
+        if args.ray_address is None and args.host in ("127.0.0.1", "localhost", "::1"):
+            # A local Ray for a loopback server stays on loopback: read when ray is imported, this
+            # keeps Ray's nodes (and the replicas' sockets) on 127.0.0.1, not the first address.
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         try:
             from .ray.run import run_on_ray
         except ImportError as exc:
@@ -122,6 +128,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             autoscale=args.autoscale,
             replica_cpus=args.replica_cpus,
             max_queued_requests=args.max_queued_requests,
+            proxy=args.ray_proxy,
             ingress_replicas=args.ingress_replicas,
         )
     return run(

@@ -31,6 +31,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+#: Load estimates charged on top of a start where the model is not, while it is resident elsewhere
+#: (:func:`rank`): the margin by which a queue must outlast a load before the model is copied.
+SPILL = 3.0
 #: Ties go to the engine where the model's weights are closest.
 _TIER_RANK: Mapping[str, int] = {"resident": 0, "host": 1, "disk": 2, "hub": 3}
 
@@ -106,13 +109,19 @@ class Readiness:
         )
 
 
-def place(model: str, views: Sequence[Readiness], first: int = 0) -> int:
+def place(model: str, views: Sequence[Readiness], first: int = 0, spill: float = SPILL) -> int:
     """The index of the engine where a request for ``model`` would start soonest (:func:`rank`'s first)."""
-    return rank(model, views, first)[0]
+    return rank(model, views, first, spill)[0]
 
 
-def rank(model: str, views: Sequence[Readiness], first: int = 0) -> list[int]:
+def rank(model: str, views: Sequence[Readiness], first: int = 0, spill: float = SPILL) -> list[int]:
     """The engines' indices, from where a request for ``model`` would start soonest to where latest.
+
+    While ``model`` is resident (or loading) on some engine, an engine without it is charged
+    ``spill`` times its load estimate on top of its start: the load there also pushes out
+    another model, whose next request then pays a load in turn. So a request leaves its model's
+    engine only once the queue there outlasts a load elsewhere by that margin (hysteresis), and
+    models stay where they are instead of being copied back and forth under load.
 
     Ties (equal estimates, as between engines that all need a load) go to the engine where the
     model's weights are closest (resident or loading, then host, then disk), then to the one
@@ -122,11 +131,15 @@ def rank(model: str, views: Sequence[Readiness], first: int = 0) -> list[int]:
     if not views:
         raise ValueError("no engine to place a request on")
     n = len(views)
+    held = any(view.tiers.get(model) == "resident" for view in views)
 
     def key(i: int) -> tuple[float, int, float, int]:
         view = views[i]
-        closeness = _TIER_RANK.get(view.tiers.get(model, "disk"), len(_TIER_RANK))
-        return view.start_in(model), closeness, view.backlog, (i - first) % n
+        tier = view.tiers.get(model, "disk")
+        start = view.start_in(model)
+        if held and tier != "resident":  # a second copy costs a load, and pushes another model out
+            start += spill * view.ready_in(model)
+        return start, _TIER_RANK.get(tier, len(_TIER_RANK)), view.backlog, (i - first) % n
 
     return sorted(range(n), key=key)
 
@@ -137,28 +150,39 @@ class Router:
     Between views it keeps its own account of what it sent (the view of an engine it sent a
     request for ``m`` to says ``m`` is on its way there, and its backlog grows by one request),
     so placements stay right under a burst. A new view of an engine replaces that account.
+    Given the time (``now``, seconds on any one clock), it also ages each view by the time since
+    it was last brought up to date (:meth:`Readiness.after`): on a loaded machine views come late,
+    and the work counted in a late one has since drained.
     """
 
     def __init__(self, engines: int) -> None:
         if engines < 1:
             raise ValueError(f"a router needs at least one engine, not {engines}")
         self.views: list[Readiness] = [Readiness(backlog=0.0) for _ in range(engines)]
+        self._at: list[float | None] = [None] * engines
         self._next = 0
         self.placed = [0] * engines
         """Requests placed on each engine."""
 
-    def update(self, engine: int, view: Readiness) -> None:
-        """The engine's latest view (replaces what was counted since the last one)."""
+    def update(self, engine: int, view: Readiness, now: float | None = None) -> None:
+        """The engine's latest view (replaces what was counted since the last one), taken at ``now``."""
         self.views[engine] = view
+        self._at[engine] = now
 
-    def place(self, model: str, among: Sequence[int] | None = None) -> int:
+    def place(self, model: str, among: Sequence[int] | None = None, now: float | None = None) -> int:
         """Choose the engine for a request for ``model`` (among the engines ``among``, default all),
-        and count it there."""
+        and count it there; with ``now``, each view first aged to it."""
+        candidates = range(len(self.views)) if among is None else among
+        if not candidates:
+            raise ValueError("no engine to place a request on")
+        if now is not None:
+            for j in candidates:
+                at = self._at[j]
+                if at is not None and now > at:
+                    self.views[j], self._at[j] = self.views[j].after(now - at), now
         if among is None:
             i = place(model, self.views, self._next)
         else:
-            if not among:
-                raise ValueError("no engine to place a request on")
             i = among[place(model, [self.views[j] for j in among], self._next % len(among))]
         self._next = (self._next + 1) % len(self.views)
         self.placed[i] += 1

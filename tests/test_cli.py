@@ -85,6 +85,8 @@ def test_forecast_from_csv_with_gaps(tmp_path, capsys):
         (["serve", "--policy", "nope"], "unknown policy 'nope'"),
         (["serve", "--data", "/nonexistent-dir"], "--data: not a directory"),
         (["serve", "--ray", "--engines", "2"], "--ray: replicas take the place of --http-workers and --engines"),
+        (["serve", "--ray-proxy"], "--ray-proxy needs --ray"),
+        (["serve", "--ray-address", "auto"], "--ray-address needs --ray"),
     ],
 )
 def test_bad_input_is_a_message_and_a_nonzero_exit_not_a_traceback(argv, message, capsys):

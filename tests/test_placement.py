@@ -9,7 +9,7 @@ import pytest
 
 from chronoserve import ForecastRequest
 from chronoserve.group import EngineGroup
-from chronoserve.placement import Readiness, Router, place
+from chronoserve.placement import SPILL, Readiness, Router, place
 from chronoserve.testing import FakeLoader, fake_engine
 
 SERIES = [float(i % 24) for i in range(48)]
@@ -24,11 +24,14 @@ def test_a_request_goes_where_its_model_is_resident() -> None:
     assert place("a", [view(b=0.0), view(a=0.0)]) == 1
 
 
-def test_a_busy_engine_loses_to_a_load_elsewhere_once_its_queue_outlasts_the_load() -> None:
-    views = [view(backlog=0.2, a=0.0), view(a=0.5)]
-    assert place("a", views) == 0  # waiting 0.2 s beats loading for 0.5 s
-    views = [view(backlog=0.8, a=0.0), view(a=0.5)]
-    assert place("a", views) == 1  # loading for 0.5 s beats waiting 0.8 s
+def test_a_busy_engine_loses_to_a_load_elsewhere_once_its_queue_outlasts_it_by_the_spill_margin() -> None:
+    margin = 0.5 * (1 + SPILL)  # the load elsewhere, and SPILL loads for the model it would push out
+    assert place("a", [view(backlog=margin - 0.1, a=0.0), view(a=0.5)]) == 0  # waiting beats a second copy
+    assert place("a", [view(backlog=margin + 0.1, a=0.0), view(a=0.5)]) == 1  # the queue is too long
+    # Without hysteresis the queue need only outlast the load: loading for 0.5 s beats waiting 0.8 s.
+    assert place("a", [view(backlog=0.8, a=0.0), view(a=0.5)], spill=0.0) == 1
+    # Nobody holds it: no margin, the sooner start wins.
+    assert place("a", [view(backlog=0.8), view(backlog=0.4)]) == 1
 
 
 def test_the_host_tier_makes_an_engine_the_faster_place_to_reload() -> None:
@@ -47,15 +50,28 @@ def test_ties_go_to_the_closest_weights_then_the_least_busy_then_in_turn() -> No
         place("a", [])
 
 
-def test_the_router_sends_a_burst_for_a_new_model_to_one_engine_until_its_queue_outgrows_the_load() -> None:
+def test_the_router_sends_a_burst_for_a_new_model_to_one_engine_until_its_queue_outgrows_the_margin() -> None:
     router = Router(2)
     for i in range(2):
         router.update(i, Readiness(backlog=0.0, new_model=0.1, per_request=0.02, workers=1))
-    placed = [router.place("a") for _ in range(8)]
-    # The first five queue behind the load on one engine (0.1 s); past that, the other loads it too.
-    assert placed[:5] == [placed[0]] * 5
+    stay = int(0.1 * (1 + SPILL) / 0.02)  # requests (0.02 s each) queued before a load elsewhere is sooner
+    placed = [router.place("a") for _ in range(stay + 3)]
+    # The first ones queue behind the load on one engine (0.1 s); past the margin the other loads it too.
+    assert placed[:stay] == [placed[0]] * stay
     assert set(placed) == {0, 1}
     assert router.placed == [placed.count(0), placed.count(1)]
+
+
+def test_the_router_ages_each_view_by_the_time_since_it_came() -> None:
+    def router() -> Router:
+        r = Router(2)
+        r.update(0, view(backlog=3.0, a=0.0), now=10.0)  # 3 s of work queued where `a` is
+        r.update(1, view(a=0.5), now=10.0)
+        return r
+
+    assert router().place("a", now=10.0) == 1  # 3 s of queue: past the margin, a second copy
+    assert router().place("a", now=12.0) == 0  # 2 s later 1 s is left: wait for it
+    assert router().place("a") == 1  # no time given: the views as they came
 
 
 def test_a_view_survives_a_round_trip_as_a_dict() -> None:

@@ -74,7 +74,7 @@ async def test_a_replica_killed_mid_burst_loses_no_accepted_request(url: str) ->
             # reason and when to retry. Never a 500, never silence.
             assert r.status_code in (200, 503), r.text
             if r.status_code == 503:
-                assert "replica" in r.json()["detail"] and r.headers["retry-after"] == "1"
+                assert "replica" in r.json()["detail"] and int(r.headers["retry-after"]) >= 1
         assert sum(r.status_code == 200 for r in answers) >= len(answers) // 2
         # Serve replaces the replica; requests go on.
         await until(lambda: _ready(client), "two replicas again", deadline=SETTLE_SECONDS)

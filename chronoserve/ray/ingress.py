@@ -2,13 +2,15 @@
 
 The ingress runs the front end of ``serve --http-workers`` (:func:`~chronoserve.server.frontend.create_frontend_app`:
 the same routes, validation and OpenAPI schema as ``chronoserve serve``, one app, not a copy)
-with the engine deployment of :mod:`.replica` as its engines (:class:`~.handle.RayEngines`):
+with the engine deployment's replicas as its engines (:class:`~.frontdoor.ReplicaEngines`):
 Ray's HTTP proxy hands it requests, it parses and validates them and sends ready forecasts to
-the replica where their model will be ready soonest (:mod:`.router`).
+the replica where their model will be ready soonest. Serve's proxy and the hop into a
+deployment cost far more CPU per request than ``serve --ray``'s own front end (measured in
+docs/scale-out.md); this is for Ray users who run everything from a Serve config file.
 
 :func:`ingress_app` builds the application; :func:`build` is the same for ``serve run`` with a
 Serve config file (``import_path: chronoserve.ray.ingress:build``, ``args`` the options of
-``chronoserve serve`` by name); ``chronoserve serve --ray`` runs it (:mod:`.run`).
+``chronoserve serve`` by name); ``chronoserve serve --ray --ray-proxy`` runs it (:mod:`.run`).
 """
 
 from __future__ import annotations
@@ -20,15 +22,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ray import serve
-from ray.serve.config import AutoscalingConfig, AutoscalingPolicy, BackpressureConfig
 
 from chronoserve.errors import ChronoserveError
 from chronoserve.models.base import ModelLoader
 from chronoserve.server.frontend import create_frontend_app
 from chronoserve.server.runtime import ServerSettings
 
-from .autoscale import POLICY
-from .handle import NO_REPLICA_S, RETRY_AFTER_S, RayEngines
+from .frontdoor import ReplicaEngines
 from .replica import engine_deployment
 
 #: Logical CPUs Ray reserves for each ingress replica (it parses HTTP; the engines compute).
@@ -45,18 +45,18 @@ class Ingress:
         settings: ServerSettings,
         engines: Any,
         loader: Callable[[], ModelLoader] | None = None,
-        no_replica_timeout: float = NO_REPLICA_S,
+        max_held: int = -1,
     ) -> None:
         self.settings = settings
         self.engines = engines
         self.loader = loader
-        self.no_replica_timeout = no_replica_timeout
+        self.max_held = max_held
 
     def __serve_build_asgi_app__(self) -> Any:
         replica = serve.get_replica_context().replica_id.unique_id
         app = create_frontend_app(
             self.settings,
-            lambda names: RayEngines(self.engines, names, no_replica_timeout=self.no_replica_timeout),
+            lambda names: ReplicaEngines(self.engines, names, max_held=self.max_held),
             loader=self.loader() if self.loader is not None else None,
             name=f"ingress-{replica}",
         )
@@ -75,17 +75,6 @@ def _with_state(app: Any, state: Mapping[str, Any]) -> Any:
     return with_state
 
 
-def autoscaling(
-    low: int, high: int, *, target_wait_s: float = 0.5, target_queue: float = 64.0, **config: Any
-) -> AutoscalingConfig:
-    """Between ``low`` and ``high`` replicas on chronoserve's signals (:mod:`.autoscale`); ``config``:
-    more of Ray's ``AutoscalingConfig`` (``upscale_delay_s``, ``downscale_delay_s``, ...)."""
-    policy = AutoscalingPolicy(
-        policy_function=POLICY, policy_kwargs={"target_wait_s": target_wait_s, "target_queue": target_queue}
-    )
-    return AutoscalingConfig(min_replicas=low, max_replicas=high, initial_replicas=low, policy=policy, **config)
-
-
 def ingress_app(
     settings: ServerSettings,
     *,
@@ -96,34 +85,32 @@ def ingress_app(
     ingress_replicas: int = 1,
     loader: Callable[[], ModelLoader] | None = None,
     stats_period: float | None = None,
-    no_replica_timeout: float = NO_REPLICA_S,
     engine_options: Mapping[str, Any] | None = None,
 ) -> Any:
     """The application (``serve.run`` it with ``route_prefix="/"``): ``ingress_replicas`` ingresses
     in front of ``replicas`` engine replicas (or ``autoscale`` = (min, max) of them), each with
     ``replica_cpus`` logical CPUs.
 
-    ``max_queued_requests``: requests waiting at an ingress for an engine replica before more are
-    answered 429 with ``Retry-After`` (-1: no bound; each engine's own ``max_queue`` refuses too).
-    ``no_replica_timeout``: seconds a request waits while there is no engine replica at all
-    before it fails with 503 (Ray would hold it until one comes). ``engine_options``: more of
-    ``serve.deployment``'s options for the engine deployment.
+    ``max_queued_requests``: requests an ingress holds for the engine replicas (sent, not yet
+    answered) before more are answered 429 with ``Retry-After`` (-1: no bound; each replica's
+    ``max_queue`` refuses too); the same bound on the deployment's Ray queue for callers of its
+    handle. ``engine_options``: more of :func:`~.replica.engine_deployment`'s options.
     """
-    options: dict[str, Any] = {
-        "ray_actor_options": {"num_cpus": replica_cpus},
-        "max_queued_requests": max_queued_requests,
-        "backpressure_config": BackpressureConfig(status_code=429, retry_after_s=int(RETRY_AFTER_S)),
-    }
-    if autoscale is not None:
-        options["autoscaling_config"] = autoscaling(*autoscale)
-    if stats_period is not None:
-        options["stats_period"] = stats_period
-    options.update(engine_options or {})
-    engines = engine_deployment(settings, replicas="auto" if autoscale else replicas, loader=loader, **options)
+    options: dict[str, Any] = {"stats_period": stats_period} if stats_period is not None else {}
+    engines = engine_deployment(
+        settings,
+        replicas=replicas,
+        autoscale=autoscale,
+        replica_cpus=replica_cpus,
+        max_queued_requests=max_queued_requests,
+        loader=loader,
+        **options,
+        **(engine_options or {}),
+    )
     front = Ingress.options(  # type: ignore[attr-defined]  # serve.deployment's wrapper
         num_replicas=ingress_replicas, ray_actor_options={"num_cpus": INGRESS_CPUS}, max_ongoing_requests=10_000
     )
-    return front.bind(settings, engines, loader, no_replica_timeout)
+    return front.bind(settings, engines, loader, max_queued_requests)
 
 
 #: ``build``'s arguments that are not ``chronoserve serve`` options.
@@ -181,4 +168,4 @@ def build(args: Mapping[str, Any]) -> Any:
     )
 
 
-__all__ = ["Ingress", "autoscaling", "build", "ingress_app"]
+__all__ = ["Ingress", "build", "ingress_app"]

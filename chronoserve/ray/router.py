@@ -11,9 +11,9 @@ replica, one more request's work is queued there), as :class:`~chronoserve.place
 and ages each view by the time since (:meth:`~chronoserve.placement.Readiness.after`: a report
 taken while a batch ran does not keep that batch's time after it finished).
 
-A ``multiplexed_model_id`` of :data:`PIN` + a replica's id names that replica instead of a model:
-how the ingress asks every replica for its ``/metrics``, ``/models`` and ``/readyz``
-(:func:`replicas` lists them, as the router of this process knows them).
+The router also keeps the registry of :mod:`._routers`, where a front end finds the replicas
+and where each one's engine serves front ends (:func:`addresses`, what :mod:`.frontdoor`
+connects to).
 """
 
 from __future__ import annotations
@@ -27,16 +27,16 @@ from chronoserve.placement import Readiness, rank
 
 from . import _routers
 
-#: A ``multiplexed_model_id`` starting with this names one replica (by its id), not a model.
-#: No model's canonical name starts so (hub ids and local paths have no ``::``).
-PIN = "replica::"
 
-
-def replicas(app: str, deployment: str) -> list[str]:
-    """The ids of the running replicas of ``deployment`` that this process's router knows
-    (empty until the router exists: a handle creates it with its first request)."""
+def addresses(app: str, deployment: str) -> dict[str, str]:
+    """Where each running replica of ``deployment`` that this process's router knows serves front
+    ends (its routing stats' ``address``), by replica id."""
     router = _routers.ROUTERS.get((app, deployment))
-    return [] if router is None else sorted(r.unique_id for r in router.curr_replicas)
+    if router is None:
+        return {}
+    replicas = list(router.curr_replicas.items())  # the router's thread may change it meanwhile
+    found = {rid.unique_id: (replica.routing_stats or {}).get("address") for rid, replica in replicas}
+    return {replica: str(address) for replica, address in sorted(found.items()) if address}
 
 
 class ReadinessRouter(RequestRouter):  # type: ignore[misc]  # ray is not analysed (an extra)
@@ -65,24 +65,16 @@ class ReadinessRouter(RequestRouter):  # type: ignore[misc]  # ray is not analys
         if not candidate_replicas:
             return []
         model = pending_request.metadata.multiplexed_model_id if pending_request is not None else ""
-        pinned = model[len(PIN) :] if model.startswith(PIN) else None
-        if pinned is not None:
-            model = ""
         now = time.monotonic()
         views = [self._view(r, now) for r in candidate_replicas]
         order = rank(model, views, self._turn % len(candidate_replicas))
         self._turn += 1
-        ranked = [[candidate_replicas[i]] for i in order]
-        if pinned is not None:
-            # That replica first; if it cannot take the call (it died, and Serve has not yet
-            # noticed), the next: the caller sees which replica answered.
-            ranked.sort(key=lambda r: r[0].replica_id.unique_id != pinned)
-        return ranked
+        return [[candidate_replicas[i]] for i in order]
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:
         model = pending_request.metadata.multiplexed_model_id
         seen = self._views.get(replica_id)
-        if seen is None or model.startswith(PIN):
+        if seen is None:
             return
         stats, view, at = seen
         self._views[replica_id] = (stats, view.routed(model), at)

@@ -41,18 +41,20 @@ LINGER_MS = 2000
 
 
 class EngineServer:
-    """Serve ``app``'s engine to front-end processes on ``address`` (``ipc://...``)."""
+    """Serve ``app``'s engine to front-end processes on ``address`` (``ipc://...``; ``tcp://...``
+    for a Ray Serve replica's engine, :mod:`chronoserve.ray.replica`)."""
 
     def __init__(self, app: Starlette, state: Mapping[str, Any], address: str) -> None:
         self.app = app
         self.state = dict(state)
         self.runtime: ServerRuntime = state["runtime"]
-        self.address = address
         self._context = zmq.asyncio.Context()
         self._socket = self._context.socket(zmq.ROUTER)
         for option, value in ((zmq.SNDHWM, 0), (zmq.RCVHWM, 0), (zmq.LINGER, LINGER_MS)):
             self._socket.setsockopt(option, value)
         self._socket.bind(address)
+        self.address: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        """Where it listens (``address``, with the port chosen for ``tcp://host:*``)."""
         self._running: dict[tuple[bytes, int], asyncio.Future[ForecastResult]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 

@@ -25,7 +25,8 @@ import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -33,7 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 import chronoserve.server.wire as wire
-from chronoserve.errors import EngineUnavailable
+from chronoserve.errors import EngineClosed, EngineUnavailable
 from chronoserve.models.base import ModelLoader
 from chronoserve.placement import Readiness, Router
 from chronoserve.request import ForecastRequest, ForecastResult
@@ -50,100 +51,205 @@ _CLOSEST = ("resident", "host", "disk", "hub")
 
 
 class _AllConnected:
-    """Set while every engine is connected (what a starting front end waits for)."""
+    """Set while every engine is connected and there is one (what a starting front end waits for)."""
 
-    def __init__(self, remotes: Sequence[RemoteEngine]) -> None:
-        self._remotes = remotes
+    def __init__(self, engines: EngineSet) -> None:
+        self._engines = engines
 
     def is_set(self) -> bool:
-        return all(r.connected.is_set() for r in self._remotes)
+        return bool(self._engines.remotes) and all(r.connected.is_set() for r in self._engines.remotes)
 
     async def wait(self) -> None:
-        for remote in self._remotes:
-            await remote.connected.wait()
+        while not self.is_set():
+            waits = [asyncio.ensure_future(r.connected.wait()) for r in self._engines.remotes]
+            waits.append(asyncio.ensure_future(self._engines._changed.wait()))
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
 
 
 class EngineSet:
-    """The engine processes at ``addresses``, as one engine: each request placed by readiness."""
+    """The engine processes at ``addresses``, as one engine: each request placed by readiness.
 
-    def __init__(self, addresses: Sequence[str], loader: ModelLoader) -> None:
-        if not addresses:
-            raise ValueError("an engine set needs at least one engine address")
-        self.remotes = [RemoteEngine(address, loader) for address in addresses]
-        self.router = Router(len(self.remotes))
-        self.connected = _AllConnected(self.remotes)
+    ``addresses``: a list (engine ``i`` is the ``i``-th: ``served_by`` says ``engine-<i>``, merged
+    routes label it ``engine="<i>"``), or engines by name (each answer's ``served_by`` is its
+    engine's name, merged routes label it ``label="<name>"``), which :meth:`update` may change
+    while serving (the replicas of :mod:`chronoserve.ray`, as Ray Serve adds and removes them).
+    ``retry``: a request whose engine was lost with it, or was away or closing, is sent once more,
+    to another engine (forecasts are pure), and fails with 503 ``engine_unavailable`` naming both
+    if that fails too; without it, it fails with the first engine's error.
+    """
+
+    def __init__(
+        self,
+        addresses: Sequence[str] | Mapping[str, str],
+        loader: ModelLoader,
+        *,
+        label: str = "engine",
+        retry: bool = False,
+    ) -> None:
+        self.loader = loader
+        self.label = label
+        self.retry = retry
+        self.named = isinstance(addresses, Mapping)
+        self.names: list[str] = []
+        self.remotes: list[RemoteEngine] = []
+        self.router = Router(1)
+        self.connected = _AllConnected(self)
         self._viewing: asyncio.Task[None] | None = None
+        self._started = False
+        self._changed = asyncio.Event()
+        self._retiring: set[asyncio.Task[None]] = set()
+        if not self.named and not addresses:
+            raise ValueError("an engine set needs at least one engine address")
+        listed = addresses if isinstance(addresses, Mapping) else {f"engine-{i}": a for i, a in enumerate(addresses)}
+        self._add(listed)
 
     async def start(self) -> None:
+        self._started = True
         for remote in self.remotes:
             await remote.start()
-        if len(self.remotes) > 1:
-            self._viewing = asyncio.get_running_loop().create_task(self._view())
+        self._viewing = asyncio.get_running_loop().create_task(self._view())
 
     async def close(self) -> None:
         if self._viewing is not None:
             self._viewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._viewing
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         for remote in self.remotes:
             await remote.close()
+
+    async def update(self, addresses: Mapping[str, str]) -> None:
+        """The engines are now ``addresses`` (by name): new ones are connected; gone ones get no
+        new requests and are closed once they have answered what they hold (a draining replica
+        answers it all) or are lost (what they held then fails with 503, or is retried with
+        ``retry``); an engine whose address changed is a new one."""
+        current = dict(zip(self.names, self.remotes, strict=True))
+        keep = {n: r for n, r in current.items() if addresses.get(n) == r.address}
+        closing = [r for n, r in current.items() if n not in keep]
+        new = {n: a for n, a in addresses.items() if n not in keep}
+        if not closing and not new:
+            return
+        views = {n: self.router.views[i] for i, n in enumerate(self.names) if n in keep}
+        self.names, self.remotes = list(keep), list(keep.values())
+        for remote in self._add(new, views):
+            if self._started:
+                await remote.start()
+        for remote in closing:
+            self._retire(remote)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def _retire(self, remote: RemoteEngine) -> None:
+        async def retire() -> None:
+            await remote.settled()
+            await remote.close()
+
+        task = asyncio.get_running_loop().create_task(retire())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    def _add(self, addresses: Mapping[str, str], views: Mapping[str, Readiness] | None = None) -> list[RemoteEngine]:
+        """Engines at ``addresses`` added (not started); the router keeps the ``views`` it had."""
+        added = [RemoteEngine(address, self.loader) for address in addresses.values()]
+        self.names += list(addresses)
+        self.remotes += added
+        self.router = Router(max(1, len(self.names)))
+        for i, name in enumerate(self.names):
+            if views and name in views:
+                self.router.update(i, views[name])
+        return added
 
     # -- the Forecaster protocol ------------------------------------------------------------
 
     def canonical(self, name: object) -> str:
-        return self.remotes[0].canonical(name)
+        return self.loader.canonical(name)
 
     async def forecast(self, request: ForecastRequest) -> ForecastResult:
         """Forecast on the engine that would start ``request`` first (raises that engine's errors);
-        with several engines the answer says which (``served_by``: ``engine-<i>``)."""
-        i = self.place(self.canonical(request.model))
-        result = await self.remotes[i].forecast(request)
-        return result if len(self.remotes) == 1 else dataclasses.replace(result, served_by=f"engine-{i}")
+        with several engines (or by name) the answer says which (``served_by``)."""
+        model = self.canonical(request.model)
+        i = self.place(model)
+        remote, name = self.remotes[i], self.names[i]  # the set may change while it runs
+        try:
+            result = await remote.forecast(request)
+        except (EngineUnavailable, EngineClosed) as exc:
+            if not self.retry:
+                raise
+            # Lost with its engine, or refused by one that is away or closing: once more, elsewhere.
+            logger.warning("%s %s: %s; sending request %s to another", self.label, name, exc, request.request_id)
+            first = f"{self.label} {name}: {exc}"
+            try:
+                i = self.place(model, exclude=self.remotes.index(remote) if remote in self.remotes else None)
+            except EngineUnavailable:
+                raise EngineUnavailable(f"{first}; no other {self.label} is there", ENGINE_RETRY_AFTER) from exc
+            remote, name = self.remotes[i], self.names[i]
+            try:
+                result = await remote.forecast(request)
+            except (EngineUnavailable, EngineClosed) as again:
+                raise EngineUnavailable(f"{first}; then {self.label} {name}: {again}", ENGINE_RETRY_AFTER) from again
+        if len(self.remotes) == 1 and not self.named:
+            return result
+        return dataclasses.replace(result, served_by=name)
 
-    def place(self, model: str) -> int:
-        """The engine for a request for ``model``: by readiness, among the engines connected now."""
-        if len(self.remotes) == 1:
+    def place(self, model: str, exclude: int | None = None) -> int:
+        """The engine for a request for ``model``: by readiness, among the engines connected now
+        (but ``exclude``)."""
+        if len(self.remotes) == 1 and exclude is None:
             return 0
-        there = [i for i, remote in enumerate(self.remotes) if remote.connected.is_set()]
+        there = [i for i, remote in enumerate(self.remotes) if remote.connected.is_set() and i != exclude]
         if not there:
             raise EngineUnavailable(
-                "no engine process is reachable; they are starting or restarting", ENGINE_RETRY_AFTER
+                f"no {self.label} is reachable; they are starting or restarting", ENGINE_RETRY_AFTER
             )
-        return self.router.place(model, among=there)
+        return self.router.place(model, among=there, now=time.monotonic())
 
     async def _view(self) -> None:
         while True:
-            for i, remote in enumerate(self.remotes):
-                if remote.connected.is_set():
-                    with contextlib.suppress(EngineUnavailable):  # gone meanwhile: skipped until it is back
-                        (view,) = await remote.call([wire.VIEW, 0])
-                        self.router.update(i, Readiness.from_dict(view))
+            if len(self.remotes) > 1:
+                for name, remote in list(zip(self.names, self.remotes, strict=True)):
+                    if remote.connected.is_set():
+                        with contextlib.suppress(EngineUnavailable):  # gone meanwhile: skipped until it is back
+                            (view,) = await remote.call([wire.VIEW, 0])
+                            if name in self.names:
+                                now = time.monotonic()
+                                self.router.update(self.names.index(name), Readiness.from_dict(view), now)
             await asyncio.sleep(VIEW_SECONDS)
 
     # -- the other routes ----------------------------------------------------------------------
 
     def send(self, frame: list[Any]) -> None:
-        """A frame that needs no answer (the front end's HTTP counts), to engine 0."""
-        self.remotes[0].send(frame)
+        """A frame that needs no answer (the front end's HTTP counts), to the first engine."""
+        if self.remotes:
+            self.remotes[0].send(frame)
 
     async def http(self, frame: list[Any]) -> tuple[int, list[list[bytes]], bytes]:
-        """Answer any route but the forecasts: engine 0's app, or for ``/metrics``, ``/models`` and
-        ``/readyz`` with several engines, every engine's answer merged (``/metrics`` and ``/models``
-        of the engines that are there; ``/readyz`` is 503 while one is away)."""
+        """Answer any route but the forecasts: the first engine's app, or for ``/metrics``,
+        ``/models`` and ``/readyz`` with several engines (or by name), every engine's answer
+        merged (``/metrics`` and ``/models`` of the engines that are there; ``/readyz`` is 503
+        while one is away)."""
+        if not self.remotes:
+            raise EngineUnavailable("no engine is there yet", ENGINE_RETRY_AFTER)
         path = frame[3]
-        if len(self.remotes) == 1 or path not in _MERGED:
+        if (len(self.remotes) == 1 and not self.named) or path not in _MERGED:
             status, headers, body = await self.remotes[0].call(frame)
             return status, headers, body
         answers: list[tuple[object, Answer]] = []
-        for i, remote in enumerate(self.remotes):
+        members = list(zip(self.names, self.remotes, strict=True))
+        for i, (name, remote) in enumerate(members):
             try:
                 status, headers, body = await remote.call(list(frame))
             except EngineUnavailable:
-                if path == "/readyz" or (i == len(self.remotes) - 1 and not answers):
+                if path == "/readyz" or (i == len(members) - 1 and not answers):
                     raise  # not ready while an engine is away; nothing at all to merge
                 continue  # /metrics and /models: the engines that are there
-            answers.append((i, (int(status), headers, bytes(body))))
-        return merge(path, answers)
+            answers.append((name if self.named else i, (int(status), headers, bytes(body))))
+        return merge(path, answers, self.label)
 
 
 def merge(path: str, answers: Sequence[tuple[object, Answer]], label: str = "engine") -> Answer:

@@ -60,7 +60,7 @@ class Connected(Protocol):
 
 class Engines(Forecaster, Protocol):
     """Where a front end sends its work: the engine processes (:class:`~.engines.EngineSet`), or
-    the engine replicas of a Ray Serve deployment (:class:`chronoserve.ray.handle.RayEngines`)."""
+    the engine replicas of a Ray Serve deployment (:class:`chronoserve.ray.frontdoor.ReplicaEngines`)."""
 
     @property
     def connected(self) -> Connected:

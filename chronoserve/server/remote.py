@@ -102,6 +102,11 @@ class RemoteEngine:
             raise wire.unpack_error(payload[0])
         return payload
 
+    async def settled(self) -> None:
+        """Once every call sent so far has its answer (or has failed: the engine was lost)."""
+        while pending := [f for f in self._waiting.values() if not f.done()]:
+            await asyncio.wait(pending)
+
     def send(self, frame: list[Any]) -> None:
         """Send a frame that needs no answer (dropped when the engine is away)."""
         if self.connected.is_set():
