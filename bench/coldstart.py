@@ -51,6 +51,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from chronoserve.events import EngineObserver
+from chronoserve.placement import PLACEMENTS
 from chronoserve.replay.targets import InProcessTarget
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +66,6 @@ ZIPF_CONFIGS: dict[str, tuple[str, bool, bool]] = {
     "gdsf": ("gdsf", False, True),
     "gdsf+host": ("gdsf", True, True),
 }
-PLACEMENTS = ("readiness", "round-robin", "random")
 QUICK_MODELS = ("random/tiny-chronos-bolt", "random/tiny-chronos-2", "random/tiny-chronos-t5")
 
 

@@ -24,6 +24,7 @@ from chronoserve._cli_common import (
 from chronoserve.errors import InvalidRequest
 from chronoserve.limits import DEFAULT_LIMITS, Limits
 from chronoserve.models.catalog import DEFAULT_MODEL
+from chronoserve.placement import PLACEMENTS
 from chronoserve.settings import SERVE_BACKEND
 
 
@@ -105,6 +106,13 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
         help="K engine processes, each with its own models, queue and --workers; every request goes to the one "
         "where its model will be ready soonest (implies --http-workers 1 at least; default: 1; docs/coldstart.md)",
     )
+    serve.add_argument(
+        "--placement",
+        choices=PLACEMENTS,
+        default="readiness",
+        help="with --engines K or --ray: where each request goes: where its model will be ready soonest "
+        "(readiness, the default); round-robin and random are there to compare against",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     on_ray = serve.add_argument_group('Ray Serve (pip install "chronoserve[ray]"; see docs/scale-out.md)')
     on_ray.add_argument(
@@ -174,6 +182,7 @@ def serve_settings(args: argparse.Namespace) -> Any:
         drain_timeout=args.drain_timeout,
         log_predictions=args.log_predictions,
         default_deadline_ms=args.default_deadline_ms,
+        placement=args.placement,
         header_timeout=args.header_timeout,
         body_timeout=args.body_timeout,
         keep_alive_timeout=args.keep_alive_timeout,

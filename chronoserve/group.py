@@ -14,15 +14,12 @@ keeps the account in between.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from types import TracebackType
 
 from .engine import Engine
-from .placement import Router
+from .placement import PLACEMENTS, Router
 from .request import ForecastRequest, ForecastResult
-
-PLACEMENTS = ("readiness", "round-robin", "random")
 
 
 class EngineGroup:
@@ -31,13 +28,9 @@ class EngineGroup:
     def __init__(self, engines: Sequence[Engine], placement: str = "readiness", seed: int = 0) -> None:
         if not engines:
             raise ValueError("an engine group needs at least one engine")
-        if placement not in PLACEMENTS:
-            raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, not {placement!r}")
         self.engines = list(engines)
         self.placement = placement
-        self.router = Router(len(self.engines))
-        self._random = random.Random(seed)
-        self._turn = 0
+        self.router = Router(len(self.engines), placement, seed)
 
     async def start(self) -> None:
         for engine in self.engines:
@@ -61,13 +54,9 @@ class EngineGroup:
 
     def choose(self, model: str) -> int:
         """The engine for a request for ``model`` (its canonical name), by the group's placement."""
-        if self.placement == "round-robin":
-            self._turn = (self._turn + 1) % len(self.engines)
-            return self._turn
-        if self.placement == "random":
-            return self._random.randrange(len(self.engines))
-        for i, engine in enumerate(self.engines):
-            self.router.update(i, engine.readiness())
+        if self.placement == "readiness":
+            for i, engine in enumerate(self.engines):
+                self.router.update(i, engine.readiness())
         return self.router.place(model)
 
     async def forecast(self, request: ForecastRequest) -> ForecastResult:

@@ -27,10 +27,13 @@ router reads; no I/O, no threads.
 from __future__ import annotations
 
 import dataclasses
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+#: How a :class:`Router` may place: by readiness, or (to compare against) ignoring where models are.
+PLACEMENTS = ("readiness", "round-robin", "random")
 #: Load estimates charged on top of a start where the model is not, while it is resident elsewhere
 #: (:func:`rank`): the margin by which a queue must outlast a load before the model is copied.
 SPILL = 3.0
@@ -152,15 +155,20 @@ class Router:
     so placements stay right under a burst. A new view of an engine replaces that account.
     Given the time (``now``, seconds on any one clock), it also ages each view by the time since
     it was last brought up to date (:meth:`Readiness.after`): on a loaded machine views come late,
-    and the work counted in a late one has since drained.
+    and the work counted in a late one has since drained. ``placement`` ``"round-robin"`` or
+    ``"random"`` (seeded with ``seed``) ignore the views: they are there to compare against.
     """
 
-    def __init__(self, engines: int) -> None:
+    def __init__(self, engines: int, placement: str = "readiness", seed: int = 0) -> None:
         if engines < 1:
             raise ValueError(f"a router needs at least one engine, not {engines}")
+        if placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, not {placement!r}")
+        self.placement = placement
         self.views: list[Readiness] = [Readiness(backlog=0.0) for _ in range(engines)]
         self._at: list[float | None] = [None] * engines
         self._next = 0
+        self._random = random.Random(seed)
         self.placed = [0] * engines
         """Requests placed on each engine."""
 
@@ -175,6 +183,14 @@ class Router:
         candidates = range(len(self.views)) if among is None else among
         if not candidates:
             raise ValueError("no engine to place a request on")
+        if self.placement != "readiness":  # the placements that ignore models, to compare against
+            if self.placement == "random":
+                i = candidates[self._random.randrange(len(candidates))]
+            else:
+                i = candidates[self._next % len(candidates)]
+                self._next = (self._next + 1) % len(self.views)
+            self.placed[i] += 1
+            return i
         if now is not None:
             for j in candidates:
                 at = self._at[j]
@@ -190,4 +206,4 @@ class Router:
         return i
 
 
-__all__ = ["Readiness", "Router", "place", "rank"]
+__all__ = ["PLACEMENTS", "SPILL", "Readiness", "Router", "place", "rank"]

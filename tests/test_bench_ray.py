@@ -51,7 +51,7 @@ def test_the_report_says_each_goal_met_or_not_with_its_numbers() -> None:
             "models": 16,
             "model_bytes": 9e8,
             "memory_budget_per_replica": 3e8,
-            "rows": {"chronoserve": {"requests": 10, "ok": 10, "hit_ratio": 0.95, "p50_ms": 5.0, "p99_ms": 9.0}},
+            "rows": {"readiness": {"requests": 10, "ok": 10, "hit_ratio": 0.95, "p50_ms": 5.0, "p99_ms": 9.0}},
             "met": True,
         },
         "scaling": {"model": "m", "connections": 64, "rows": {"1": row, "2": row}, "ratio": 1.0, "met": False},
@@ -59,7 +59,7 @@ def test_the_report_says_each_goal_met_or_not_with_its_numbers() -> None:
     text = bench.report(results)
     assert "Ray / serve: 0.80x (goal >= 0.85x; the same split without Ray, --http-workers 1: 0.90x; " in text
     assert "through Serve's proxy 0.10x): NOT met" in text
-    assert "hits with chronoserve's router (goal >= 90%): met" in text
+    assert "hits placed by readiness (goal >= 90%): met" in text
     assert "2 replicas / 1: 1.00x (goal >= 1.5x): NOT met" in text
     assert "| serve | 900.0 | 60.0 | 120.0 | 0 | wrk 1.5 |" in text
 

@@ -44,8 +44,8 @@ class ReplicaEngines(EngineSet):
     """The replicas of the engine deployment behind ``handle``, as one engine (each request placed
     by readiness; answers say their replica: ``served_by``)."""
 
-    def __init__(self, handle: Any, loader: ModelLoader, *, max_held: int = -1) -> None:
-        super().__init__({}, loader, label="replica", retry=True)
+    def __init__(self, handle: Any, loader: ModelLoader, *, max_held: int = -1, placement: str = "readiness") -> None:
+        super().__init__({}, loader, label="replica", retry=True, placement=placement)
         self.handle = handle
         self.max_held = max_held
         self.held = 0

@@ -56,7 +56,9 @@ class Ingress:
         replica = serve.get_replica_context().replica_id.unique_id
         app = create_frontend_app(
             self.settings,
-            lambda names: ReplicaEngines(self.engines, names, max_held=self.max_held),
+            lambda names: ReplicaEngines(
+                self.engines, names, max_held=self.max_held, placement=self.settings.placement
+            ),
             loader=self.loader() if self.loader is not None else None,
             name=f"ingress-{replica}",
         )

@@ -121,7 +121,9 @@ def run_on_ray(
                 engine_deployment(settings, **scaled), name=APP, route_prefix=None, logging_config=logging_config
             )
             front = create_frontend_app(
-                settings, lambda names: ReplicaEngines(handle, names, max_held=max_queued_requests), name="http-0"
+                settings,
+                lambda names: ReplicaEngines(handle, names, max_held=max_queued_requests, placement=settings.placement),
+                name="http-0",
             )
             server = draining_server(front, settings, log_level, host=host, port=port)
             if not stop.is_set():  # uvicorn's own signal handlers from here: it drains this front end

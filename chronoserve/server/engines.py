@@ -77,9 +77,11 @@ class EngineSet:
     routes label it ``engine="<i>"``), or engines by name (each answer's ``served_by`` is its
     engine's name, merged routes label it ``label="<name>"``), which :meth:`update` may change
     while serving (the replicas of :mod:`chronoserve.ray`, as Ray Serve adds and removes them).
-    ``retry``: a request whose engine was lost with it, or was away or closing, is sent once more,
-    to another engine (forecasts are pure), and fails with 503 ``engine_unavailable`` naming both
-    if that fails too; without it, it fails with the first engine's error.
+    ``placement``: ``readiness``, or (to compare against) ``round-robin`` or ``random``
+    (:class:`~chronoserve.placement.Router`). ``retry``: a request whose engine was lost with it,
+    or was away or closing, is sent once more, to another engine (forecasts are pure), and fails
+    with 503 ``engine_unavailable`` naming both if that fails too; without it, it fails with the
+    first engine's error.
     """
 
     def __init__(
@@ -89,14 +91,16 @@ class EngineSet:
         *,
         label: str = "engine",
         retry: bool = False,
+        placement: str = "readiness",
     ) -> None:
         self.loader = loader
         self.label = label
         self.retry = retry
+        self.placement = placement
         self.named = isinstance(addresses, Mapping)
         self.names: list[str] = []
         self.remotes: list[RemoteEngine] = []
-        self.router = Router(1)
+        self.router = Router(1, placement)
         self.connected = _AllConnected(self)
         self._viewing: asyncio.Task[None] | None = None
         self._started = False
@@ -159,7 +163,7 @@ class EngineSet:
         added = [RemoteEngine(address, self.loader) for address in addresses.values()]
         self.names += list(addresses)
         self.remotes += added
-        self.router = Router(max(1, len(self.names)))
+        self.router = Router(max(1, len(self.names)), self.placement)
         for i, name in enumerate(self.names):
             if views and name in views:
                 self.router.update(i, views[name])

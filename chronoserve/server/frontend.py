@@ -145,9 +145,9 @@ async def forward(request: Request) -> Response:
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
-def _engine_set(addresses: str | Sequence[str]) -> Callable[[ModelLoader], Engines]:
+def _engine_set(addresses: str | Sequence[str], placement: str) -> Callable[[ModelLoader], Engines]:
     listed = [addresses] if isinstance(addresses, str) else list(addresses)
-    return lambda loader: EngineSet(listed, loader)
+    return lambda loader: EngineSet(listed, loader, placement=placement)
 
 
 def create_frontend_app(
@@ -163,7 +163,10 @@ def create_frontend_app(
     ``engines(loader)`` returns (the engine replicas of :mod:`chronoserve.ray`).
 
     ``loader`` names the models (default: ``settings.engine.loader()``, which loads nothing here)."""
-    connect = _engine_set(engines) if isinstance(engines, str) or not callable(engines) else engines
+    if isinstance(engines, str) or not callable(engines):
+        connect = _engine_set(engines, settings.placement)
+    else:
+        connect = engines
     runtime = ServerRuntime(settings, store=store)
 
     @contextlib.asynccontextmanager

@@ -52,6 +52,9 @@ class ServerSettings:
     """A CSV path: one row per batch, the cost model's predicted and the actual latency."""
     default_deadline_ms: float | None = None
     """The deadline of requests that give none (body or header); None: no deadline."""
+    placement: str = "readiness"
+    """How a front end over several engines (``--engines K``, ``--ray``) places each request:
+    ``readiness``; ``round-robin`` and ``random`` are there to compare against."""
     # -- connections (see chronoserve.server.protocol) ------------------------------------------
     header_timeout: float = 10.0
     """Seconds a connection has to send a request's headers, from its first byte (or from
