@@ -110,10 +110,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.ray:
         if args.http_workers or args.engines > 1:
             raise UsageError("--ray: replicas take the place of --http-workers and --engines (use --replicas)")
-        if args.ray_address is None and args.host in ("127.0.0.1", "localhost", "::1"):
-            # A local Ray for a loopback server stays on loopback: read when ray is imported, this
-            # keeps Ray's nodes (and the replicas' sockets) on 127.0.0.1, not the first address.
-            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        from .ray import local_on_loopback
+
+        local_on_loopback(args.host, args.ray_address)  # before Ray is imported
         try:
             from .ray.run import run_on_ray
         except ImportError as exc:

@@ -183,26 +183,20 @@ class Router:
         candidates = range(len(self.views)) if among is None else among
         if not candidates:
             raise ValueError("no engine to place a request on")
-        if self.placement != "readiness":  # the placements that ignore models, to compare against
-            if self.placement == "random":
-                i = candidates[self._random.randrange(len(candidates))]
-            else:
-                i = candidates[self._next % len(candidates)]
-                self._next = (self._next + 1) % len(self.views)
-            self.placed[i] += 1
-            return i
-        if now is not None:
-            for j in candidates:
-                at = self._at[j]
-                if at is not None and now > at:
-                    self.views[j], self._at[j] = self.views[j].after(now - at), now
-        if among is None:
-            i = place(model, self.views, self._next)
+        if self.placement == "random":  # the placements that ignore models, to compare against
+            i = candidates[self._random.randrange(len(candidates))]
+        elif self.placement == "round-robin":
+            i = candidates[self._next % len(candidates)]
         else:
-            i = among[place(model, [self.views[j] for j in among], self._next % len(among))]
+            if now is not None:
+                for j in candidates:
+                    at = self._at[j]
+                    if at is not None and now > at:
+                        self.views[j], self._at[j] = self.views[j].after(now - at), now
+            i = candidates[place(model, [self.views[j] for j in candidates], self._next % len(candidates))]
+            self.views[i] = self.views[i].routed(model)
         self._next = (self._next + 1) % len(self.views)
         self.placed[i] += 1
-        self.views[i] = self.views[i].routed(model)
         return i
 
 

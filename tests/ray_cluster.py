@@ -8,11 +8,12 @@ after the other and two Ray clusters never start at once.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
+
+from test_serve_process import free_port
 
 from chronoserve.testing import FakeLoader, fake_spec
 
@@ -43,12 +44,6 @@ def fake_loader(**options: object) -> partial[FakeLoader]:
 
 def patient_environment() -> None:
     os.environ.update(PATIENT)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 #: Logical CPUs of each of the two nodes (Ray's accounting: a replica asking for all of them gets

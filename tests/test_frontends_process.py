@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from test_serve_process import free_port
 from waiting import queue_depth, until_sync
 
 if importlib.util.find_spec("torch") is None:
@@ -28,14 +29,6 @@ pytestmark = [pytest.mark.torch, pytest.mark.slow, pytest.mark.timeout(240)]
 MODEL = "random/tiny-chronos-bolt"
 BODY = {"city": "dongsi", "horizon_hours": 8}
 FULL_BATCH = {"requests": [BODY] * 64}  # --max-batch 64: runs at once, window or not
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def engine_pids(log: Path) -> list[int]:

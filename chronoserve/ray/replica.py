@@ -39,11 +39,10 @@ from chronoserve.server.runtime import ServerRuntime, ServerSettings
 from chronoserve.settings import EngineSettings
 
 from .autoscale import POLICY
+from .router import ADDRESS
 
 #: The router every engine deployment uses (:class:`~chronoserve.ray.router.ReadinessRouter`).
 ROUTER = "chronoserve.ray.router:ReadinessRouter"
-#: The routing stats' key of the address where a replica's engine serves front ends.
-ADDRESS = "address"
 #: Seconds a client is told to wait when no replica can take its request.
 RETRY_AFTER_S = 1.0
 #: Seconds between two polls of each replica's readiness.

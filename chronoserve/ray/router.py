@@ -27,6 +27,9 @@ from chronoserve.placement import Readiness, rank
 
 from . import _routers
 
+#: The routing stats' key of the address where a replica's engine serves front ends.
+ADDRESS = "address"
+
 
 def addresses(app: str, deployment: str) -> dict[str, str]:
     """Where each running replica of ``deployment`` that this process's router knows serves front
@@ -35,7 +38,7 @@ def addresses(app: str, deployment: str) -> dict[str, str]:
     if router is None:
         return {}
     replicas = list(router.curr_replicas.items())  # the router's thread may change it meanwhile
-    found = {rid.unique_id: (replica.routing_stats or {}).get("address") for rid, replica in replicas}
+    found = {rid.unique_id: (replica.routing_stats or {}).get(ADDRESS) for rid, replica in replicas}
     return {replica: str(address) for replica, address in sorted(found.items()) if address}
 
 

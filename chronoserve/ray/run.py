@@ -34,6 +34,7 @@ from chronoserve.server.frontend import create_frontend_app
 from chronoserve.server.process import configure_logging, draining_server
 from chronoserve.server.runtime import ServerSettings
 
+from . import local_on_loopback
 from .frontdoor import ReplicaEngines
 from .ingress import ingress_app
 from .replica import engine_deployment
@@ -44,10 +45,6 @@ logger = logging.getLogger("chronoserve.ray")
 APP = "chronoserve"
 #: Seconds between two looks at ``/readyz`` while the replicas warm up.
 READY_POLL_S = 0.5
-
-
-def _loopback(host: str) -> bool:
-    return host in ("127.0.0.1", "localhost", "::1")
 
 
 def _ready(url: str) -> bool:
@@ -91,7 +88,7 @@ def run_on_ray(
     if settings.warmup:
         prepare(settings)
     local = address is None
-    where = {"address": "local", "_node_ip_address": "127.0.0.1"} if local and _loopback(host) else {}
+    where = {"address": "local", "_node_ip_address": "127.0.0.1"} if local_on_loopback(host, address) else {}
     ray.init(
         **(where or {"address": address or "local"}),
         include_dashboard=False,

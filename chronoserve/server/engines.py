@@ -253,13 +253,7 @@ class EngineSet:
                     raise  # not ready while an engine is away; nothing at all to merge
                 continue  # /metrics and /models: the engines that are there
             answers.append((name if self.named else i, (int(status), headers, bytes(body))))
-        return merge(path, answers, self.label)
-
-
-def merge(path: str, answers: Sequence[tuple[object, Answer]], label: str = "engine") -> Answer:
-    """Several engines' answers to ``path`` (one of :data:`MERGED`) as one, each engine named by
-    ``label`` (``engine``: its index; ``replica``: a Ray Serve replica's id)."""
-    return _MERGED[path](answers, label)
+        return _MERGED[path](answers, self.label)
 
 
 def _merge_metrics(answers: Sequence[tuple[object, Answer]], label: str) -> Answer:
@@ -331,9 +325,9 @@ def _merge_ready(answers: Sequence[tuple[object, Answer]], label: str) -> Answer
     return answers[0][1]
 
 
+#: The routes whose answers are merged over the engines (the others are one engine's), each
+#: engine named by the set's ``label`` (``engine``: its index; ``replica``: a replica's id).
 _MERGED = {"/metrics": _merge_metrics, "/models": _merge_models, "/readyz": _merge_ready}
-#: The routes whose answers are merged over the engines (the others are one engine's).
-MERGED = frozenset(_MERGED)
 
 
-__all__ = ["MERGED", "VIEW_SECONDS", "EngineSet", "merge"]
+__all__ = ["VIEW_SECONDS", "EngineSet"]
