@@ -6,7 +6,12 @@ Ray Serve polls every replica's ``record_routing_stats`` (an engine's
 and hands them to :meth:`ReadinessRouter.choose_replicas` with each request's model (its
 ``multiplexed_model_id``). The router ranks the replicas with :func:`~chronoserve.placement.rank`,
 one replica a rank, so Ray tries the best first and falls back to the next when a replica is
-full. Between two polls it counts what it routed itself (the model is on its way to that
+full. Ray asks a replica how full it is before sending it a request, and moves on to the next
+rank when the answer is late (0.1 s at first, doubling with each try): on a loaded machine a
+replica holding the model would lose its requests to one that must load it (and push another
+model out), so the best replica is offered ``PATIENCE`` times before the others.
+
+Between two polls the router counts what it routed itself (the model is on its way to that
 replica, one more request's work is queued there), as :class:`~chronoserve.placement.Router` does,
 and ages each view by the time since (:meth:`~chronoserve.placement.Readiness.after`: a report
 taken while a batch ran does not keep that batch's time after it finished).
@@ -27,6 +32,8 @@ from chronoserve.placement import Readiness, rank
 
 from . import _routers
 
+#: Tries at the best replica before the next (Ray's probe deadline doubles each: 0.1, 0.2, 0.4 s).
+PATIENCE = 3
 #: The routing stats' key of the address where a replica's engine serves front ends.
 ADDRESS = "address"
 
@@ -72,7 +79,8 @@ class ReadinessRouter(RequestRouter):  # type: ignore[misc]  # ray is not analys
         views = [self._view(r, now) for r in candidate_replicas]
         order = rank(model, views, self._turn % len(candidate_replicas))
         self._turn += 1
-        return [[candidate_replicas[i]] for i in order]
+        best, *rest = (candidate_replicas[i] for i in order)
+        return [[best]] * PATIENCE + [[r] for r in rest]
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:
         model = pending_request.metadata.multiplexed_model_id
