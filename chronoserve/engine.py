@@ -431,7 +431,8 @@ class Engine:
             raise ModelLoadError(
                 model,
                 f"{failure.error} (failed {failure.failures} time(s) in a row; next try in {wait:.0f} s)",
-                retry_after=wait,
+                retry_after=None if failure.permanent else wait,
+                permanent=failure.permanent,
             )
 
     def load_failures(self) -> dict[str, LoadFailure]:
@@ -562,10 +563,14 @@ class Engine:
                 left = self.costs.predict_load(name, entry.nbytes) - (now - entry.load_started)
                 models[name] = max(0.0, left)
         sizes = sorted(spec.est_nbytes for spec in self._specs.values())
+        tiers = self.tiers()
+        for name, queue in self._queues.items():  # queued for, not yet loading: on its way here
+            if queue and name in tiers:
+                tiers[name] = "resident"
         return Readiness(
             backlog=(self._queued * self._per_request + running) / self.workers,
             models=models,
-            tiers=self.tiers(),
+            tiers=tiers,
             new_model=self.costs.predict_load("", sizes[len(sizes) // 2] if sizes else 0),
             per_request=self._per_request,
             workers=self.workers,
@@ -798,10 +803,13 @@ class Engine:
     def _load_failed(self, model: str, exc: BaseException) -> ChronoserveError:
         """Record a failed load (its backoff) and return the error its requests get."""
         message = exc.message if isinstance(exc, ModelLoadError) else str(exc) or repr(exc)
-        failure = self._pool.fail_load(model, message, self._clock.now(), *self.load_retry)
+        permanent = isinstance(exc, ModelLoadError) and exc.permanent
+        failure = self._pool.fail_load(model, message, self._clock.now(), *self.load_retry, permanent=permanent)
         wait = failure.retry_at - failure.failed_at
         if isinstance(exc, ModelLoadError) or not isinstance(exc, ChronoserveError):
-            error: ChronoserveError = ModelLoadError(model, message, retry_after=wait)
+            error: ChronoserveError = ModelLoadError(
+                model, message, retry_after=None if permanent else wait, permanent=permanent
+            )
             error.__cause__ = exc
         else:
             error = exc

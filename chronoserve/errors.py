@@ -54,17 +54,26 @@ class UnknownModel(InvalidRequest):
         self.name = name
 
 
+class HubNotAllowed(UnknownModel):
+    """The model needs a download from the Hugging Face hub, and the operator has not allowed it."""
+
+    reason = "hub_not_allowed"
+
+
 class ModelLoadError(ChronoserveError):
     """The model could not be loaded; the requests that wanted it fail with this."""
 
     reason = "model_load_failed"
 
-    def __init__(self, model: str, message: str, retry_after: float | None = None) -> None:
+    def __init__(self, model: str, message: str, retry_after: float | None = None, *, permanent: bool = False) -> None:
         super().__init__(f"could not load model {model!r}: {message}")
         self.model = model
         self.message = message
         self.retry_after = retry_after
         """Seconds until the engine tries this model's load again (None: at the next request)."""
+        self.permanent = permanent
+        """No retry can help until the operator changes something (the weights are not there, the
+        hub is not reachable or not allowed): answered without ``Retry-After``, not retried by clients."""
 
 
 class InferenceError(ChronoserveError):

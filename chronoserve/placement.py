@@ -155,8 +155,10 @@ class Router:
     so placements stay right under a burst. A new view of an engine replaces that account.
     Given the time (``now``, seconds on any one clock), it also ages each view by the time since
     it was last brought up to date (:meth:`Readiness.after`): on a loaded machine views come late,
-    and the work counted in a late one has since drained. ``placement`` ``"round-robin"`` or
-    ``"random"`` (seeded with ``seed``) ignore the views: they are there to compare against.
+    and the work counted in a late one has since drained; and a view said to be asked for at some
+    time gets back what was placed there since (:meth:`update`), which the engine had not seen.
+    ``placement`` ``"round-robin"`` or ``"random"`` (seeded with ``seed``) ignore the views: they
+    are there to compare against.
     """
 
     def __init__(self, engines: int, placement: str = "readiness", seed: int = 0) -> None:
@@ -167,13 +169,21 @@ class Router:
         self.placement = placement
         self.views: list[Readiness] = [Readiness(backlog=0.0) for _ in range(engines)]
         self._at: list[float | None] = [None] * engines
+        self._sent: list[list[tuple[float, str]]] = [[] for _ in range(engines)]
         self._next = 0
         self._random = random.Random(seed)
         self.placed = [0] * engines
         """Requests placed on each engine."""
 
-    def update(self, engine: int, view: Readiness, now: float | None = None) -> None:
-        """The engine's latest view (replaces what was counted since the last one), taken at ``now``."""
+    def update(self, engine: int, view: Readiness, now: float | None = None, asked: float | None = None) -> None:
+        """The engine's latest view, received at ``now``: it replaces what was counted since the
+        last one. With ``asked`` (when the view was asked for, on the clock of ``now`` and of
+        :meth:`place`), what was placed there since is counted on it again: the engine had not
+        seen those requests when it answered (a late view must not forget them)."""
+        since = [(at, model) for at, model in self._sent[engine] if asked is not None and at >= asked]
+        self._sent[engine] = since
+        for _, model in since:
+            view = view.routed(model)
         self.views[engine] = view
         self._at[engine] = now
 
@@ -195,6 +205,8 @@ class Router:
                         self.views[j], self._at[j] = self.views[j].after(now - at), now
             i = candidates[place(model, [self.views[j] for j in candidates], self._next % len(candidates))]
             self.views[i] = self.views[i].routed(model)
+            if now is not None:
+                self._sent[i].append((now, model))
         self._next = (self._next + 1) % len(self.views)
         self.placed[i] += 1
         return i

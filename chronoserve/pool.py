@@ -52,6 +52,8 @@ class LoadFailure:
     failures: int
     failed_at: float
     retry_at: float
+    permanent: bool = False
+    """No retry can help until the operator changes something (:attr:`ModelLoadError.permanent`)."""
 
 
 @dataclass(frozen=True)
@@ -107,14 +109,16 @@ class ModelPool:
         self.failed.pop(name, None)
         return entry
 
-    def fail_load(self, name: str, error: str, now: float, backoff: float, cap: float) -> LoadFailure:
+    def fail_load(
+        self, name: str, error: str, now: float, backoff: float, cap: float, permanent: bool = False
+    ) -> LoadFailure:
         """Record a failed load; the next try waits ``backoff * 2**(failures - 1)``, at most ``cap``."""
         self.entries.pop(name, None)
         self.load_failures += 1
         previous = self.failed.get(name)
         failures = 1 if previous is None else previous.failures + 1
         wait = min(cap, backoff * 2.0 ** min(failures - 1, 30))
-        failure = LoadFailure(name, error, failures, now, now + wait)
+        failure = LoadFailure(name, error, failures, now, now + wait, permanent)
         self.failed[name] = failure
         return failure
 

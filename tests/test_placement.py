@@ -74,6 +74,30 @@ def test_the_router_ages_each_view_by_the_time_since_it_came() -> None:
     assert router().place("a") == 1  # no time given: the views as they came
 
 
+def test_a_view_asked_for_before_a_placement_is_given_it_back() -> None:
+    # The engine answered before the request reached it: the view must not forget that `a` is on
+    # its way there (a late view on a loaded machine would send the next `a` to the other engine).
+    r = Router(2)
+    r.update(0, view(), now=0.0, asked=0.0)
+    r.update(1, view(), now=0.0, asked=0.0)
+    assert r.place("a", now=1.0) == 0
+    r.update(0, view(), now=2.0, asked=0.5)  # asked before the placement at 1.0: `a` counted again
+    assert r.views[0].tiers["a"] == "resident" and r.place("a", now=2.0) == 0
+    r.update(0, view(), now=3.0, asked=2.5)  # asked after both: the engine's word alone
+    assert "a" not in r.views[0].tiers
+    r.update(0, view(), now=4.0)  # no asked: nothing is counted again, nothing kept
+    assert "a" not in r.views[0].tiers
+
+
+async def test_a_model_queued_for_but_not_yet_loading_is_reported_on_its_way() -> None:
+    loader = FakeLoader.with_models("a")
+    async with fake_engine("lru", loader=loader) as engine:
+        future = await engine.submit(ForecastRequest(model="a", target=SERIES, horizon=4))
+        ready = engine.readiness()  # before the scheduler has run: queued, no load decided yet
+        assert ready.tiers["a"] == "resident" and ready.backlog >= 0.0
+        await future
+
+
 def test_a_view_survives_a_round_trip_as_a_dict() -> None:
     v = Readiness(backlog=0.3, models={"a": 0.0, "b": 0.2}, tiers={"a": "resident", "b": "host"}, new_model=0.4)
     assert Readiness.from_dict(v.to_dict()) == v

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -39,7 +40,7 @@ from chronoserve.server.runtime import ServerRuntime, ServerSettings
 from chronoserve.settings import EngineSettings
 
 from .autoscale import POLICY
-from .router import ADDRESS
+from .router import ADDRESS, TAKEN
 
 #: The router every engine deployment uses (:class:`~chronoserve.ray.router.ReadinessRouter`).
 ROUTER = "chronoserve.ray.router:ReadinessRouter"
@@ -88,11 +89,12 @@ class EngineReplica:
         return dataclasses.replace(result, served_by=self.replica)
 
     def record_routing_stats(self) -> dict[str, Any]:
-        """What the router places by: the engine's :class:`~chronoserve.placement.Readiness`; and
-        where its engine serves front ends (``address``: :class:`~.frontdoor.ReplicaEngines`)."""
+        """What the router places by: the engine's :class:`~chronoserve.placement.Readiness` and
+        when it was taken (``taken``, wall-clock seconds); and where its engine serves front ends
+        (``address``: :class:`~.frontdoor.ReplicaEngines`)."""
         engine = self.runtime.engine
         readiness = {} if engine is None else engine.readiness().to_dict()
-        return {**readiness, ADDRESS: self.server.address}
+        return {**readiness, TAKEN: time.time(), ADDRESS: self.server.address}
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """What the autoscaler scales by (:mod:`.autoscale`): the predicted wait for a worker

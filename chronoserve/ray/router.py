@@ -13,7 +13,8 @@ model out), so the best replica is offered ``PATIENCE`` times before the others.
 
 Between two polls the router counts what it routed itself (the model is on its way to that
 replica, one more request's work is queued there), as :class:`~chronoserve.placement.Router` does,
-and ages each view by the time since (:meth:`~chronoserve.placement.Readiness.after`: a report
+counts it again on a report taken before it was routed (each report says when it was taken), and
+ages each view by the time since (:meth:`~chronoserve.placement.Readiness.after`: a report
 taken while a batch ran does not keep that batch's time after it finished).
 
 The router also keeps the registry of :mod:`._routers`, where a front end finds the replicas
@@ -34,6 +35,10 @@ from . import _routers
 
 #: Tries at the best replica before the next (Ray's probe deadline doubles each: 0.1, 0.2, 0.4 s).
 PATIENCE = 3
+#: Placements kept per replica for its next report (a bound, should reports stop coming).
+_MAX_SENT = 10_000
+#: The routing stats' key of when they were taken (wall-clock seconds: ``time.time()``).
+TAKEN = "taken"
 #: The routing stats' key of the address where a replica's engine serves front ends.
 ADDRESS = "address"
 
@@ -57,6 +62,8 @@ class ReadinessRouter(RequestRouter):  # type: ignore[misc]  # ray is not analys
         # Per replica: the stats dict the view was read from, the view with what was routed since,
         # and when that view was last brought up to date (it ages: the work in it drains).
         self._views: dict[ReplicaID, tuple[Any, Readiness, float]] = {}
+        # Per replica: what was routed there and when (wall clock): a report taken before is given it back.
+        self._sent: dict[ReplicaID, list[tuple[float, str]]] = {}
         _routers.ROUTERS[(self._deployment_id.app_name, self._deployment_id.name)] = self
 
     def _view(self, replica: RunningReplica, now: float) -> Readiness:
@@ -66,6 +73,12 @@ class ReadinessRouter(RequestRouter):  # type: ignore[misc]  # ray is not analys
             view = seen[1].after(now - seen[2])
         else:
             view = Readiness.from_dict(stats) if stats else Readiness(backlog=0.0)
+            taken = (stats or {}).get(TAKEN)
+            if taken is not None:  # what was routed there since the report was taken, it had not seen
+                since = [(at, model) for at, model in self._sent.get(replica.replica_id, []) if at >= taken]
+                self._sent[replica.replica_id] = since
+                for _, model in since:
+                    view = view.routed(model)
         self._views[replica.replica_id] = (stats, view, now)
         return view
 
@@ -89,3 +102,7 @@ class ReadinessRouter(RequestRouter):  # type: ignore[misc]  # ray is not analys
             return
         stats, view, at = seen
         self._views[replica_id] = (stats, view.routed(model), at)
+        sent = self._sent.setdefault(replica_id, [])
+        sent.append((time.time(), model))
+        if len(sent) > _MAX_SENT:  # no report has come for a long while: keep the latest
+            del sent[: len(sent) - _MAX_SENT // 2]

@@ -219,10 +219,12 @@ class EngineSet:
                 for name, remote in list(zip(self.names, self.remotes, strict=True)):
                     if remote.connected.is_set():
                         with contextlib.suppress(EngineUnavailable):  # gone meanwhile: skipped until it is back
+                            asked = time.monotonic()
                             (view,) = await remote.call([wire.VIEW, 0])
                             if name in self.names:
-                                now = time.monotonic()
-                                self.router.update(self.names.index(name), Readiness.from_dict(view), now)
+                                # The engine saw what was sent before `asked` (one ordered socket), not since.
+                                i, now = self.names.index(name), time.monotonic()
+                                self.router.update(i, Readiness.from_dict(view), now, asked=asked)
             await asyncio.sleep(VIEW_SECONDS)
 
     # -- the other routes ----------------------------------------------------------------------
