@@ -11,6 +11,7 @@ import argparse
 import math
 from typing import Any
 
+from .models.hub import HubAccess
 from .settings import EngineSettings
 
 
@@ -148,6 +149,15 @@ def add_engine_options(parser: argparse.ArgumentParser, *, backend: str = "torch
     group.add_argument(
         "--profile", default=None, help="profile.json from `chronoserve profile`: the cost model starts from it"
     )
+    group.add_argument(
+        "--allow-hub",
+        nargs="?",
+        const="*",
+        default=None,
+        metavar="IDS",
+        help="let models be downloaded from the Hugging Face hub: these comma-separated hub ids, or any "
+        "without IDS (default: none; the local Hugging Face cache and checkpoint directories only)",
+    )
 
 
 def engine_settings(args: argparse.Namespace, **more: Any) -> EngineSettings:
@@ -187,6 +197,7 @@ def engine_settings(args: argparse.Namespace, **more: Any) -> EngineSettings:
         profile=profile,
         host_budget=getattr(args, "host_cache_budget", None),
         load_workers=getattr(args, "load_workers", 1),
+        allow_hub=HubAccess.of(getattr(args, "allow_hub", None)).allowed,
         **more,
     )
 

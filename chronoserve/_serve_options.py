@@ -23,6 +23,7 @@ from chronoserve._cli_common import (
 )
 from chronoserve.errors import InvalidRequest
 from chronoserve.limits import DEFAULT_LIMITS, Limits
+from chronoserve.logs import LOG_FORMATS
 from chronoserve.models.catalog import DEFAULT_MODEL
 from chronoserve.placement import PLACEMENTS
 from chronoserve.settings import SERVE_BACKEND
@@ -30,6 +31,17 @@ from chronoserve.settings import SERVE_BACKEND
 
 def add_serve_options(serve: argparse.ArgumentParser) -> None:
     """Every ``serve`` option, on ``serve`` (the ``serve`` subcommand's parser, or a parser of its own)."""
+    serve.add_argument(
+        "--config",
+        default=None,
+        metavar="TOML",
+        help="a TOML file of serve options (max-queue = 2048, ...); also CHRONOSERVE_CONFIG. Every option can "
+        "also be set as CHRONOSERVE_<OPTION>; the command line wins, then the environment, then the file "
+        "(docs/operations.md)",
+    )
+    serve.add_argument(
+        "--print-config", action="store_true", help="print the effective settings and where each came from, and exit"
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     serve.add_argument("--max-queue", type=positive_int, default=1024, help="waiting requests before 429 (1024)")
@@ -50,6 +62,12 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument("--max-body-bytes", type=positive_int, default=1 << 20, help="request body limit (1 MiB)")
     serve.add_argument("--no-warmup", action="store_true", help="report ready without loading models first")
+    serve.add_argument(
+        "--no-exit-on-error",
+        action="store_true",
+        help="keep serving when the default model fails to load at start-up, retrying it with backoff "
+        "(default: exit 1 with one line saying why)",
+    )
     serve.add_argument(
         "--log-predictions",
         default=None,
@@ -113,7 +131,19 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
         help="with --engines K or --ray: where each request goes: where its model will be ready soonest "
         "(readiness, the default); round-robin and random are there to compare against",
     )
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    logs = serve.add_argument_group("logs (see docs/operations.md)")
+    logs.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    logs.add_argument(
+        "--log-format",
+        default="text",
+        choices=LOG_FORMATS,
+        help="text (default) or json: one JSON object per line, the access log's fields at the top level",
+    )
+    logs.add_argument(
+        "--no-access-log",
+        action="store_true",
+        help="no line per request (default: one, with its X-Request-ID, status, model, batch size and times)",
+    )
     on_ray = serve.add_argument_group('Ray Serve (pip install "chronoserve[ray]"; see docs/scale-out.md)')
     on_ray.add_argument(
         "--ray",
@@ -177,12 +207,15 @@ def serve_settings(args: argparse.Namespace) -> Any:
         models=models,
         default_model=args.default_model,
         warmup=not args.no_warmup,
+        exit_on_error=not args.no_exit_on_error,
         data=args.data,
         max_body_bytes=args.max_body_bytes,
         drain_timeout=args.drain_timeout,
         log_predictions=args.log_predictions,
         default_deadline_ms=args.default_deadline_ms,
         placement=args.placement,
+        log_format=args.log_format,
+        access_log=not args.no_access_log,
         header_timeout=args.header_timeout,
         body_timeout=args.body_timeout,
         keep_alive_timeout=args.keep_alive_timeout,

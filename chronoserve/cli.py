@@ -83,6 +83,12 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     return 0
 
 
+def _after(argv: Sequence[str], command: str) -> list[str]:
+    """The words of ``argv`` after the subcommand ``command`` (the first word that is not an option)."""
+    words = list(argv)
+    return words[words.index(command) + 1 :] if command in words else []
+
+
 def cmd_policies(args: argparse.Namespace) -> int:
     import inspect
 
@@ -101,7 +107,15 @@ def cmd_policies(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ._serve_options import serve_settings
+    from ._serve_options import serve_parser, serve_settings
+    from .config import resolve, serve_actions
+
+    parser = serve_parser()
+    config = resolve(parser, args, _after(args.argv, "serve"))
+    if args.print_config:
+        print(config.to_toml(serve_actions(parser)), end="")
+        return 0
+    args = config.namespace()
     from .server import run
 
     settings = serve_settings(args)
@@ -201,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     else:

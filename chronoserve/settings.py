@@ -42,7 +42,8 @@ class EngineSettings:
     ``profile``: a cost table (``chronoserve profile``) the engine's cost model starts from.
     ``host_budget``: bytes of evicted models' weights the engine keeps in host memory (the
     ``host`` tier, :mod:`chronoserve.tiers`; None: none). ``load_workers``: models that load at
-    once (local checkpoints load without a process-wide lock).
+    once (local checkpoints load without a process-wide lock). ``allow_hub``: what may be
+    downloaded from the Hugging Face hub.
     """
 
     policy: str = "batched"
@@ -57,6 +58,9 @@ class EngineSettings:
     profile: Profile | None = None
     host_budget: int | None = None
     load_workers: int = 1
+    allow_hub: tuple[str, ...] = ()
+    """Hub ids the loader may download (``*``: any; empty: none, only the local cache and local
+    checkpoints: :mod:`chronoserve.models.hub`)."""
 
     def with_options(self, **changes: Any) -> EngineSettings:
         """A copy with some fields changed (``policy_options`` are merged, not replaced)."""
@@ -73,7 +77,11 @@ class EngineSettings:
         from .models.loader import ChronosLoader
 
         return ChronosLoader(
-            device=self.device, dtype=self.dtype, backend=self.backend, onnx_threads=self.threads_per_worker()
+            device=self.device,
+            dtype=self.dtype,
+            backend=self.backend,
+            onnx_threads=self.threads_per_worker(),
+            allow_hub=self.allow_hub,
         )
 
     def threads_per_worker(self) -> int:

@@ -197,7 +197,8 @@ class FakeModel(ModelBackend):
 class FakeLoader(ModelLoader):
     """Serves :class:`FakeModel` for the names in ``specs``; counts loads per model.
 
-    ``fail_load`` names models whose load raises; ``fail_predict`` models whose batches raise;
+    ``fail_load`` names models whose load raises (``permanent`` ones: marked so, as an unreachable
+    hub is); ``fail_predict`` models whose batches raise;
     ``hang`` models whose batches run until stopped; ``predict_seconds`` is how long every batch takes.
     ``load_seconds`` is how long every load takes (on the load thread, as a real one would).
     It has a host tier: :meth:`offload` keeps an evicted model (unless ``no_offload`` names it) and a
@@ -206,6 +207,7 @@ class FakeLoader(ModelLoader):
 
     specs: Mapping[str, ModelSpec] = field(default_factory=lambda: {"fake": fake_spec("fake")})
     fail_load: set[str] = field(default_factory=set)
+    permanent: set[str] = field(default_factory=set)
     fail_predict: set[str] = field(default_factory=set)
     hang: set[str] = field(default_factory=set)
     predict_seconds: float = 0.0
@@ -228,7 +230,7 @@ class FakeLoader(ModelLoader):
     def load(self, spec: ModelSpec, host: HostCopy | None = None) -> ModelBackend:
         self.loads[spec.name] = self.loads.get(spec.name, 0) + 1
         if spec.name in self.fail_load:
-            raise ModelLoadError(spec.name, "told to fail")
+            raise ModelLoadError(spec.name, "told to fail", permanent=spec.name in self.permanent)
         if self.load_seconds:
             time.sleep(self.load_seconds)  # a load thread's time, as a real load would take
         if host is not None:

@@ -278,7 +278,7 @@ def test_tier_of_a_hub_id_is_disk_only_with_its_weights_in_the_hf_cache(
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
-    loader = ChronosLoader()
+    loader = ChronosLoader(allow_hub="*")
     spec = loader.resolve("amazon/chronos-bolt-tiny")
     assert loader.tier(spec) == "hub"
     repo = tmp_path / "models--amazon--chronos-bolt-tiny"

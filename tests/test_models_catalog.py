@@ -116,7 +116,7 @@ def test_resolve_does_not_import_torch(tmp_path: Path) -> None:
     code = (
         "import sys\n"
         "from chronoserve.models import ChronosLoader\n"
-        "loader = ChronosLoader()\n"
+        "loader = ChronosLoader(allow_hub='*')\n"
         "names = ['random/chronos-bolt-tiny', 'random/chronos-2', 'chronos-t5-small', 'amazon/chronos-2']\n"
         f"for name in [*names, {str(ckpt)!r}]:\n"
         "    loader.resolve(name)\n"
@@ -143,7 +143,7 @@ def test_resolve_random_names_point_into_the_cache_without_materialising(model_c
 
 
 def test_resolve_chronos_2_and_t5() -> None:
-    loader = ChronosLoader(dtype="bfloat16")
+    loader = ChronosLoader(dtype="bfloat16", allow_hub="*")
     c2 = loader.resolve("random/chronos-2")
     assert (c2.family, c2.max_horizon, c2.batch_patch, c2.supports_covariates) == (CHRONOS_2, 1024, 16, True)
     assert c2.quantiles == CHRONOS_2_QUANTILES
@@ -155,7 +155,7 @@ def test_resolve_chronos_2_and_t5() -> None:
 
 @pytest.mark.parametrize("name", ["chronos-bolt-tiny", "amazon/chronos-bolt-tiny"])
 def test_resolve_catalog_names_and_hub_ids_to_the_hub(name: str) -> None:
-    spec = ChronosLoader().resolve(name)
+    spec = ChronosLoader(allow_hub="amazon/chronos-bolt-tiny").resolve(name)
     assert spec.source == "amazon/chronos-bolt-tiny"
     assert not spec.random_weights
     assert spec.name == name
@@ -170,7 +170,7 @@ def test_tiny_test_entries_resolve_as_random_with_or_without_prefix() -> None:
 def test_resolve_refuses_random_names_when_disabled() -> None:
     with pytest.raises(errors.UnknownModel, match="random"):
         ChronosLoader(allow_random=False).resolve("random/chronos-bolt-tiny")
-    assert not ChronosLoader(allow_random=False).resolve("chronos-bolt-tiny").random_weights
+    assert not ChronosLoader(allow_random=False, allow_hub="*").resolve("chronos-bolt-tiny").random_weights
 
 
 @pytest.mark.parametrize("name", ["no-such-model", "random/no-such-model", "someone/not-cached-anywhere", ""])

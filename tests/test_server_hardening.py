@@ -184,9 +184,9 @@ async def test_a_failing_extra_model_does_not_keep_the_server_from_being_ready()
         assert (await post(client, {"target": [1.0], "horizon_hours": 2})).status_code == 200
 
 
-async def test_a_failing_default_model_is_retried_until_it_loads():
+async def test_a_failing_default_model_is_retried_until_it_loads_without_exit_on_error():
     loader = fake_loader(fail_load={FAKE})
-    async with client_for(settings(), loader=loader, load_retry=(0.01, 0.02)) as client:
+    async with client_for(settings(exit_on_error=False), loader=loader, load_retry=(0.01, 0.02)) as client:
         r = await client.get("/readyz")
         assert r.status_code == 503
         assert r.json()["status"] == "default_model_failed" and "told to fail" in r.json()["error"]

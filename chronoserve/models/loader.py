@@ -10,8 +10,10 @@ Names it understands, in this order:
   trained here and shipped inside the package, loaded from there (nothing is materialised).
 - an existing local directory: a Chronos checkpoint, described from its ``config.json``.
 - a catalog short name or hub id (``chronos-bolt-tiny``, ``amazon/chronos-bolt-tiny``): the
-  published weights, loaded through ``from_pretrained`` from the hub (or its local cache).
-- any other hub id that the local Hugging Face cache holds a ``config.json`` for.
+  published weights, loaded through ``from_pretrained`` from the local Hugging Face cache, or
+  downloaded from the hub where ``allow_hub`` allows it (:mod:`chronoserve.models.hub`).
+- any other hub id that the local Hugging Face cache holds a ``config.json`` for, or that
+  ``allow_hub`` names (or ``*``).
 
 Anything else raises :class:`~chronoserve.errors.UnknownModel`.
 """
@@ -42,6 +44,7 @@ from chronoserve.models.base import (
     ModelSpec,
 )
 from chronoserve.models.catalog import RANDOM_PREFIX, T5_QUANTILES, CatalogEntry, find_entry, random_seed
+from chronoserve.models.hub import HubAccess, cached_config, cached_weights, looks_like_hub_id
 from chronoserve.models.materialize import (
     CONFIG_FILE,
     MARKER_KEY,
@@ -98,7 +101,9 @@ class ChronosLoader(ModelLoader):
     each ONNX Runtime session's intra-op thread count (default: ``torch_threads``, else 1;
     :meth:`EngineSettings.loader` passes the torch threads of one engine worker, so both runtimes
     use the same cores). ``fastload=False`` loads every model through ``from_pretrained``, as
-    before fastload (to compare; no host tier).
+    before fastload (to compare; no host tier). ``allow_hub`` is which hub ids may be downloaded
+    (:meth:`HubAccess.of`: none by default, ``True`` or ``"*"`` any); others are refused at
+    :meth:`resolve` unless the local Hugging Face cache holds them.
     """
 
     def __init__(
@@ -111,6 +116,7 @@ class ChronosLoader(ModelLoader):
         backend: str = "torch",
         onnx_threads: int | None = None,
         fastload: bool = True,
+        allow_hub: bool | str | tuple[str, ...] | None = None,
     ) -> None:
         if dtype not in DTYPE_SIZES:
             raise ValueError(f"dtype must be one of {sorted(DTYPE_SIZES)}, not {dtype!r}")
@@ -127,6 +133,7 @@ class ChronosLoader(ModelLoader):
         self.torch_threads = torch_threads
         self.onnx_threads = onnx_threads if onnx_threads is not None else (torch_threads or 1)
         self.fastload = fastload
+        self.hub = HubAccess.of(allow_hub)
         # How each live backend it loaded from a local checkpoint was built (for offload).
         self._kept: weakref.WeakKeyDictionary[ModelBackend, HostWeights] = weakref.WeakKeyDictionary()
         self._kept_lock = threading.Lock()
@@ -171,8 +178,15 @@ class ChronosLoader(ModelLoader):
             return self._spec_from_directory(name, Path(name))
         if entry is not None:
             assert entry.hub_id is not None
+            if not self.hub.allows(entry.hub_id, entry.name) and not cached_weights(entry.hub_id):
+                raise self.hub.refusal(name, entry.hub_id)
             return self._spec_from_entry(name, entry, entry.hub_id, random_weights=False)
-        cached = _hf_cached_config(name)
+        cached = cached_config(name)
+        if cached is None and looks_like_hub_id(name) and self.hub.allows(name):
+            try:
+                cached = self.hub.fetch_config(name)
+            except errors.ModelLoadError as exc:  # offline: said at once, naming the field
+                raise errors.UnknownModel(name, exc.message.replace("it needs", f"{name!r} needs")) from None
         if cached is not None:
             return self._spec_from_config(name, name, _read_json(name, cached), weights=None)
         raise errors.UnknownModel(
@@ -383,7 +397,7 @@ class ChronosLoader(ModelLoader):
         hub checkpoint's index)."""
         if spec.random_weights or os.path.isdir(spec.source):
             return "disk"
-        return "disk" if _hf_cached_weights(spec.source) else "hub"
+        return "disk" if cached_weights(spec.source) else "hub"
 
     def _promote(self, spec: ModelSpec, host: HostCopy) -> ModelBackend | None:
         """The backend built from ``host``, or None if the copy is stale (then loaded from disk)."""
@@ -460,6 +474,12 @@ class ChronosLoader(ModelLoader):
             raise errors.ModelLoadError(spec.name, f"reading {spec.source} failed: {e}") from e
 
     def _from_pretrained(self, spec: ModelSpec, dtype: Any) -> Any:
+        local = os.path.isdir(spec.source) or cached_weights(spec.source)
+        if not local:  # a download: only where allowed, and only if the hub can be reached at all
+            hub_id = str(spec.extra.get("hub_id") or spec.source)
+            if not self.hub.allows(spec.source, hub_id, str(spec.extra.get("catalog_name"))):
+                raise errors.ModelLoadError(spec.name, self.hub.refusal(spec.name, hub_id).message, permanent=True)
+            self.hub.check_reachable(spec.name)
         try:
             from chronos import BaseChronosPipeline
 
@@ -469,6 +489,7 @@ class ChronosLoader(ModelLoader):
                     device_map=self.device,
                     dtype=dtype,
                     use_safetensors=True,  # never unpickle: a pickle can run code (see check_safetensors_only)
+                    local_files_only=local,  # what the cache holds loads without the network
                 )
         except Exception as e:
             hint = ""
@@ -616,39 +637,6 @@ def _safetensors_numel(path: Path) -> int | None:
             return None
         total += math.prod(int(d) for d in shape)
     return total
-
-
-def _hf_cached_config(repo_id: str) -> Path | None:
-    """``config.json`` of hub repo ``repo_id`` if the local Hugging Face cache holds it."""
-    parts = repo_id.split("/")
-    if len(parts) != 2 or not all(parts):
-        return None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        found = try_to_load_from_cache(repo_id, CONFIG_FILE)
-    except Exception:
-        return None
-    return Path(found) if isinstance(found, str) else None
-
-
-def _hf_cached_weights(repo_id: str) -> bool:
-    """True if the local Hugging Face cache holds hub repo ``repo_id``'s config and safetensors weights."""
-    if _hf_cached_config(repo_id) is None:
-        return False
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        if isinstance(try_to_load_from_cache(repo_id, WEIGHTS_FILE), str):
-            return True
-        index = try_to_load_from_cache(repo_id, f"{WEIGHTS_FILE}.index.json")
-        if not isinstance(index, str):
-            return False
-        with open(index, encoding="utf-8") as f:
-            shards = set(json.load(f)["weight_map"].values())
-        return all(isinstance(try_to_load_from_cache(repo_id, shard), str) for shard in shards)
-    except Exception:
-        return False
 
 
 def _state_tensors(backend: ModelBackend) -> dict[str, Any] | None:

@@ -30,8 +30,9 @@ from ray import serve
 from ray.serve.config import HTTPOptions
 from ray.serve.schema import LoggingConfig
 
+from chronoserve.logs import configure_logging
 from chronoserve.server.frontend import create_frontend_app
-from chronoserve.server.process import configure_logging, draining_server
+from chronoserve.server.process import draining_server
 from chronoserve.server.runtime import ServerSettings
 
 from . import local_on_loopback
@@ -83,7 +84,7 @@ def run_on_ray(
 ) -> int:
     """Serve on Ray until SIGTERM/SIGINT, then drain; the exit status. ``proxy``: HTTP through
     Serve's proxy and ``ingress_replicas`` ingress replicas (:mod:`.ingress`), not this process."""
-    configure_logging(log_level)
+    configure_logging(log_level, log_format=settings.log_format)
     stop = threading.Event()
     if settings.warmup:
         prepare(settings)

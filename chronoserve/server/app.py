@@ -14,12 +14,14 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 
 from chronoserve.data import SeriesStore
 from chronoserve.engine import Engine
 from chronoserve.models.base import ModelLoader
 from chronoserve.perf import PREDICTION_FIELDS, CsvMetricsLogger, PredictionRecorder
 
+from .access import AccessLog
 from .body import BodyReaders
 from .metrics import ServerMetrics
 from .routes import ROUTES, http_exception
@@ -54,6 +56,7 @@ def create_app(
         # A fresh state for every start (an app may be started again after a shutdown).
         runtime.readers = BodyReaders()
         runtime.draining, runtime.ready, runtime.warmup_error, runtime._drain_task = False, False, None, None
+        runtime.fatal = None
         if engine is not None:
             engine.add_observer(runtime.metrics)
             runtime.engine = engine
@@ -83,6 +86,11 @@ def create_app(
             if predictions is not None:
                 predictions.close()
 
-    app = Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers={HTTPException: http_exception})
+    app = Starlette(
+        routes=ROUTES,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_exception},
+        middleware=[Middleware(AccessLog, enabled=runtime.settings.access_log)],
+    )
     app.state.runtime = runtime
     return app

@@ -172,8 +172,9 @@ class EngineServer:
         task.add_done_callback(self._tasks.discard)
 
 
-async def serve_engine(settings: ServerSettings, address: str) -> None:
-    """Run the engine process until SIGTERM or SIGINT, then drain and return."""
+async def serve_engine(settings: ServerSettings, address: str) -> bool:
+    """Run the engine process until SIGTERM or SIGINT, then drain and return True; False if it could
+    not serve at all (its default model failed to load, :attr:`ServerRuntime.fatal`)."""
     from .app import create_app
 
     app = create_app(settings)
@@ -181,6 +182,8 @@ async def serve_engine(settings: ServerSettings, address: str) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    runtime: ServerRuntime = app.state.runtime
+    runtime.on_fatal = stop.set
     async with app.router.lifespan_context(app) as state:
         assert state is not None
         server = EngineServer(app, state, address)
@@ -188,7 +191,6 @@ async def serve_engine(settings: ServerSettings, address: str) -> None:
         logger.info("engine process serving on %s", address)
         try:
             await stop.wait()
-            runtime: ServerRuntime = state["runtime"]
             runtime.begin_drain()
             await runtime.finish()  # every accepted request is answered (or failed with 503)
             # Forwarded routes still running (a /metrics scrape) get their answers out.
@@ -196,12 +198,17 @@ async def serve_engine(settings: ServerSettings, address: str) -> None:
         finally:
             serving.cancel()
             server.close()
+    return runtime.fatal is None
 
 
 def engine_main(settings: ServerSettings, address: str, log_level: str, index: int = 0) -> None:
     """The engine process's entry point (a worker of :mod:`chronoserve.forkserver`: forked, or spawned)."""
-    from .process import configure_logging, exit_with_parent
+    from chronoserve.logs import configure_logging
 
-    configure_logging(log_level, role="engine" if index == 0 else f"engine-{index}")
+    from .process import EXIT_FATAL, exit_with_parent
+
+    role = "engine" if index == 0 else f"engine-{index}"
+    configure_logging(log_level, role=role, log_format=settings.log_format)
     exit_with_parent()
-    asyncio.run(serve_engine(settings, address))
+    if not asyncio.run(serve_engine(settings, address)):
+        raise SystemExit(EXIT_FATAL)  # the supervisor stops the server rather than restart this

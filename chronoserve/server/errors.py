@@ -77,8 +77,8 @@ def error_for(exc: BaseException, prefix: list[str | int], field: str | None = N
         return HTTPError(429, f"queue full ({exc.limit} requests waiting); retry later", {"Retry-After": "1"})
     if isinstance(exc, EngineClosed):
         return HTTPError(503, "the server is shutting down", {"Connection": "close"})
-    if isinstance(exc, ModelLoadError):
-        return HTTPError(503, str(exc), {"Retry-After": retry_after(exc.retry_after)})
+    if isinstance(exc, ModelLoadError):  # permanent: no Retry-After, so clients do not retry it
+        return HTTPError(503, str(exc), {} if exc.permanent else {"Retry-After": retry_after(exc.retry_after)})
     if isinstance(exc, InferenceTimeout):
         return HTTPError(504, str(exc))
     if isinstance(exc, DeadlineUnmeetable):

@@ -27,6 +27,7 @@ from typing import Any, Protocol, cast
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -36,6 +37,7 @@ from chronoserve.data import SeriesStore
 from chronoserve.errors import EngineUnavailable
 from chronoserve.models.base import ModelLoader
 
+from .access import AccessLog
 from .body import ClientGone, read_body
 from .engines import EngineSet
 from .errors import HTTPError, retry_after
@@ -199,7 +201,12 @@ def create_frontend_app(
         Route("/healthz", healthz, methods=["GET"]),  # this process is alive, whatever the engine's state
         Route("/{path:path}", forward, methods=_METHODS),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_exception})
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_exception},
+        middleware=[Middleware(AccessLog, enabled=settings.access_log)],
+    )
     app.state.runtime = runtime
     return app
 
@@ -208,9 +215,11 @@ def frontend_main(
     settings: ServerSettings, addresses: Sequence[str], sockets: list[Any], log_level: str, index: int
 ) -> None:
     """A front-end process's entry point (a worker of :mod:`chronoserve.forkserver`): serve HTTP on ``sockets``."""
-    from .process import configure_logging, draining_server, exit_with_parent
+    from chronoserve.logs import configure_logging
 
-    configure_logging(log_level, role=f"http-{index}")
+    from .process import draining_server, exit_with_parent
+
+    configure_logging(log_level, role=f"http-{index}", log_format=settings.log_format)
     exit_with_parent()
     app = create_frontend_app(settings, addresses, name=f"http-{index}")
     server = draining_server(app, settings, log_level)

@@ -17,6 +17,8 @@ from starlette.types import ASGIApp
 
 logger = logging.getLogger("chronoserve.server")
 
+#: In the scope of a call forwarded by a front end, which logs it (:mod:`.access`) itself.
+FORWARDED = "chronoserve.forwarded"
 #: An answer: status, headers (``[name, value]`` byte pairs), body.
 Answer = tuple[int, list[list[bytes]], bytes]
 
@@ -38,7 +40,7 @@ async def call_app(
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
         "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": query, "root_path": "",
         "headers": [(bytes(k), bytes(v)) for k, v in headers], "client": None, "server": None,
-        "state": dict(state),
+        "state": dict(state), FORWARDED: True,
     }  # fmt: skip
     status, answer_headers, chunks = 500, [], []
     sent = False
@@ -65,4 +67,4 @@ async def call_app(
     return status, answer_headers, b"".join(chunks)
 
 
-__all__ = ["Answer", "call_app"]
+__all__ = ["FORWARDED", "Answer", "call_app"]

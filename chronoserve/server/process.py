@@ -43,6 +43,11 @@ logger = logging.getLogger("chronoserve.server")
 SHUTDOWN_MARGIN_SECONDS = 2
 
 
+#: The exit status of a server process that could not serve at all (:attr:`ServerRuntime.fatal`):
+#: sysexits' EX_CONFIG, so a supervisor tells it from a crash and does not restart it.
+EXIT_FATAL = 78
+
+
 class _DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, runtime: ServerRuntime) -> None:
         super().__init__(config)
@@ -61,20 +66,6 @@ class _DrainingServer(uvicorn.Server):
             self._captured_signals.remove(sig)
 
 
-def configure_logging(log_level: str, role: str | None = None) -> None:
-    """chronoserve's own log lines (ready, draining, load failures) beside uvicorn's, in its style.
-
-    ``role`` names the process in every line when the server runs in several (``engine``, ``http-0``).
-    """
-    root = logging.getLogger("chronoserve")
-    root.setLevel(log_level.upper())
-    if not root.handlers:
-        handler = logging.StreamHandler()
-        who = f"[{role}] " if role else ""
-        handler.setFormatter(logging.Formatter(f"%(levelname)s:     {who}%(message)s"))
-        root.addHandler(handler)
-
-
 def draining_server(app: ASGIApp, settings: ServerSettings, log_level: str, **where: Any) -> uvicorn.Server:
     """uvicorn serving ``app`` (whose ``state.runtime`` drains on the first signal) with the connection limits."""
     runtime: ServerRuntime = app.state.runtime  # type: ignore[attr-defined]
@@ -89,10 +80,13 @@ def draining_server(app: ASGIApp, settings: ServerSettings, log_level: str, **wh
         # h11's own limit on an incomplete head: a backstop behind the protocol's 431.
         h11_max_incomplete_event_size=settings.max_header_bytes,
         timeout_graceful_shutdown=math.ceil(settings.drain_timeout) + SHUTDOWN_MARGIN_SECONDS,
-        access_log=log_level == "debug",
+        access_log=False,  # chronoserve's own (server/access.py), on by default
+        log_config=None,  # configure_logging's handlers (text or JSON), not uvicorn's own
         **where,
     )
-    return _DrainingServer(config, runtime)
+    server = _DrainingServer(config, runtime)
+    runtime.on_fatal = lambda: setattr(server, "should_exit", True)  # on the loop: uvicorn's next tick stops
+    return server
 
 
 def exit_with_parent(interval: float = 1.0) -> None:

@@ -24,6 +24,7 @@ from chronoserve.limits import MAX_ANSWER_VALUES, answer_values
 from chronoserve.models.catalog import CATALOG, DEFAULT_MODEL
 from chronoserve.profile import Profile
 
+from .access import note, request_id
 from .deadlines import header_defaults, with_defaults
 from .errors import HTTPError, invalid
 from .handler import forecast_item
@@ -46,7 +47,12 @@ async def _forecast_one(runtime: ServerRuntime, item: ForecastIn, prefix: list[s
 async def forecast(request: Request) -> Response:
     async def work(runtime: ServerRuntime, item: ForecastIn) -> dict[str, Any]:
         deadline, priority = header_defaults(request.headers, runtime.settings.default_deadline_ms)
-        return await _forecast_one(runtime, with_defaults(item, deadline, priority), [])
+        if item.request_id is None:  # the request's id is its X-Request-ID (taken or made: access.py)
+            item = item.model_copy(update={"request_id": request_id(request.scope)})
+        note(request.scope, model=item.model_name if "model_name" in item.model_fields_set else None)
+        answer = await _forecast_one(runtime, with_defaults(item, deadline, priority), [])
+        note(request.scope, answer)
+        return answer
 
     return await post(request, "/forecast", ForecastIn, work)
 
@@ -76,6 +82,7 @@ async def _forecast_all(
 async def forecast_batch(request: Request) -> Response:
     async def work(runtime: ServerRuntime, batch: BatchIn) -> dict[str, Any]:
         defaults = header_defaults(request.headers, runtime.settings.default_deadline_ms)
+        note(request.scope, items=len(batch.requests))
         return await _forecast_all(runtime, batch, defaults)
 
     return await post(request, "/forecast/batch", BatchIn, work)

@@ -6,8 +6,10 @@ How each process serves and drains is in :mod:`.process`; the processes of
 
 from __future__ import annotations
 
+from chronoserve.logs import configure_logging
+
 from .app import create_app
-from .process import configure_logging, draining_server
+from .process import draining_server
 from .runtime import ServerSettings
 
 
@@ -22,10 +24,11 @@ def run(
     """Serve until SIGTERM/SIGINT; the exit status. ``http_workers`` > 0: that many front-end
     processes and ``engines`` engine processes (:mod:`.supervisor`; several engines need at least
     one front end); otherwise everything in this process."""
-    configure_logging(log_level)
+    configure_logging(log_level, log_format=settings.log_format)
     if http_workers > 0 or engines > 1:
         from .supervisor import Supervisor
 
         return Supervisor(settings, host, port, log_level, max(1, http_workers), engines).run()
-    draining_server(create_app(settings), settings, log_level, host=host, port=port).run()
-    return 0
+    app = create_app(settings)
+    draining_server(app, settings, log_level, host=host, port=port).run()
+    return 1 if app.state.runtime.fatal is not None else 0

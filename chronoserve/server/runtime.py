@@ -44,6 +44,10 @@ class ServerSettings:
     default_model: str = DEFAULT_MODEL
     warmup: bool = True
     """Load the default model and ``models`` before reporting ready."""
+    exit_on_error: bool = True
+    """The default model failing to load at start-up stops the server (``serve`` exits 1 with
+    one line saying why), as Triton's ``--exit-on-error``; False: keep retrying it with the
+    engine's backoff, ``/readyz`` 503 ``default_model_failed`` meanwhile."""
     data: str | None = None
     """A directory of series CSVs instead of the embedded Beijing PM2.5 data."""
     max_body_bytes: int = 1 << 20
@@ -52,6 +56,10 @@ class ServerSettings:
     """A CSV path: one row per batch, the cost model's predicted and the actual latency."""
     default_deadline_ms: float | None = None
     """The deadline of requests that give none (body or header); None: no deadline."""
+    log_format: str = "text"
+    """``text`` or ``json`` (one object per line: :mod:`chronoserve.logs`)."""
+    access_log: bool = True
+    """One line per HTTP request (:mod:`chronoserve.server.access`)."""
     placement: str = "readiness"
     """How a front end over several engines (``--engines K``, ``--ray``) places each request:
     ``readiness``; ``round-robin`` and ``random`` are there to compare against."""
@@ -94,6 +102,10 @@ class ServerRuntime:
     ready: bool = False
     draining: bool = False
     warmup_error: str | None = None
+    fatal: str | None = None
+    """Why the server cannot serve at all (the default model failed to load at start-up, with
+    ``exit_on_error``): set once, and ``on_fatal`` called, which stops the server."""
+    on_fatal: Callable[[], None] | None = None
     default_model: str = ""
     """The canonical name of the default model (set when the engine starts)."""
     extra_models: tuple[str, ...] = ()
@@ -133,6 +145,15 @@ class ServerRuntime:
             how = started()
             self.metrics.process_ready(process_age(), "process" if how is None else how.method)
 
+    def fail(self, why: str) -> None:
+        """The server cannot serve: say why in one line and stop it (``on_fatal``), once."""
+        if self.fatal is not None:
+            return
+        self.fatal = why
+        logger.error("%s; stopping (exit_on_error)", why)
+        if self.on_fatal is not None:
+            self.on_fatal()
+
     def begin_drain(self) -> None:
         """Stop accepting (readyz 503), run what is queued within the drain timeout, fail the rest with 503."""
         if self.draining:
@@ -167,6 +188,7 @@ def load_failures(runtime: ServerRuntime, names: Sequence[str] | None = None) ->
             "error": f.error,
             "failures": f.failures,
             "retry_in_seconds": round(max(0.0, f.retry_at - now), 3),
+            "permanent": f.permanent,
         }
         for f in sorted(engine.load_failures().values(), key=lambda f: f.model)
         if names is None or f.model in names
@@ -187,11 +209,14 @@ class HeapFreezer(EngineObserver):
 
 
 async def warm_up(runtime: ServerRuntime) -> None:
-    """Load the default model (retrying with the engine's backoff until it loads), then the extras.
+    """Load the default model, then the extras.
 
-    The server is ready once the default model serves: an operator's extra model that fails
-    to load is listed in ``/readyz`` and ``/models`` and retried at its next request after its
-    backoff, but never keeps the server from serving the others.
+    The server is ready once the default model serves. If it fails to load, ``exit_on_error``
+    stops the server (:meth:`ServerRuntime.fail`); otherwise the load is retried with the
+    engine's backoff (unless the failure is permanent: then the server stays not ready). An
+    operator's extra model that fails to load is listed in ``/readyz`` and ``/models`` and
+    retried at its next request after its backoff, but never keeps the server from serving the
+    others.
     """
     engine = runtime.engine
     assert engine is not None
@@ -201,13 +226,22 @@ async def warm_up(runtime: ServerRuntime) -> None:
             await engine.warm(default)
             break
         except ModelLoadError as exc:
-            wait = exc.retry_after if exc.retry_after is not None else engine.load_retry[0]
             runtime.warmup_error = f"{default}: {exc}"
+            if runtime.settings.exit_on_error:
+                runtime.fail(f"the default model {default} failed to load: {exc.message}")
+                return
+            if exc.permanent:  # no retry can help: not ready until the operator acts
+                logger.error("the default model %s failed to load, and no retry can help: %s", default, exc.message)
+                return
+            wait = exc.retry_after if exc.retry_after is not None else engine.load_retry[0]
             logger.error("the default model %s failed to load (next try in %.0f s): %s", default, wait, exc.message)
             await asyncio.sleep(wait)
         except ChronoserveError as exc:  # not a model at all: no retry can help
             runtime.warmup_error = f"{default}: {exc}"
-            logger.error("the default model %s cannot be served: %s", default, exc)
+            if runtime.settings.exit_on_error:
+                runtime.fail(f"the default model {default} cannot be served: {exc}")
+            else:
+                logger.error("the default model %s cannot be served: %s", default, exc)
             return
     runtime.mark_ready()
     runtime.warmup_error = None

@@ -319,7 +319,8 @@ class ModelsOut(BaseModel):
         "took at start-up, apart from any load."
     )
     failed: list[dict[str, Any]] = Field(
-        description="Models whose last load failed: `name`, `error`, `failures` in a row, `retry_in_seconds`."
+        description="Models whose last load failed: `name`, `error`, `failures` in a row, `retry_in_seconds`, "
+        "`permanent` (no retry helps until the operator acts)."
     )
     catalog: list[CatalogModelOut]
     profile: ProfileOut | None = Field(description="The cost table the server loaded (`serve --profile`), or null.")

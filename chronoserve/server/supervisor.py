@@ -17,7 +17,9 @@ while it keeps dying young, up to :data:`MAX_BACKOFF_SECONDS`); the front ends f
 dead engine held with 503 and answer 503 ``engine_unavailable`` until it is back. On SIGTERM
 or SIGINT every process drains as the one-process server does (stop accepting, finish queued
 work within ``--drain-timeout``, answer every open request) and this one exits 0 once they
-all have. Each process drains too if this one dies, even by SIGKILL (``exit_with_parent``).
+all have. An engine process that cannot serve at all (its default model failed to load: it
+exits with :data:`~.process.EXIT_FATAL`) is not restarted: every process stops and this one
+exits 1. Each process drains too if this one dies, even by SIGKILL (``exit_with_parent``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from typing import Any
 
 from ..engine import default_workers
 from ..forkserver import FORK_SERVER, Worker, start_worker, worker_context
+from .process import EXIT_FATAL
 from .runtime import ServerSettings
 
 logger = logging.getLogger("chronoserve.server")
@@ -109,6 +112,7 @@ class Supervisor:
         self.log_level = log_level
         self.http_workers = http_workers
         self._stopping = False
+        self._fatal = False
 
     def run(self) -> int:
         """Serve until a signal; the exit status (0 after a drain)."""
@@ -155,7 +159,8 @@ class Supervisor:
                 self._start(child)
             while not self._stopping:
                 self._watch(children)
-            return self._shut_down(children)
+            status = self._shut_down(children)
+            return 1 if self._fatal else status
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -201,6 +206,10 @@ class Supervisor:
             if process is None or child.restart_at is not None or process.is_alive() or self._stopping:
                 continue
             lived = time.monotonic() - child.started_at
+            if process.exitcode == EXIT_FATAL:  # it said why (its default model cannot load): no restart helps
+                logger.error("the %s process cannot serve (it said why above); stopping the server", child.name)
+                self._fatal = self._stopping = True
+                return
             child.failures = 0 if lived >= HEALTHY_SECONDS else child.failures + 1
             pause = 0.0 if child.failures == 0 else min(MAX_BACKOFF_SECONDS, 0.5 * 2**child.failures)
             logger.error(
