@@ -131,6 +131,30 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
         help="with --engines K or --ray: where each request goes: where its model will be ready soonest "
         "(readiness, the default); round-robin and random are there to compare against",
     )
+    access = serve.add_argument_group("access control and TLS (see docs/operations.md)")
+    access.add_argument(
+        "--api-key",
+        default=None,
+        metavar="KEYS",
+        help="comma-separated bearer tokens every route but /healthz, /readyz and /metrics then needs "
+        "(Authorization: Bearer <key>); prefer --api-key-file or CHRONOSERVE_API_KEY (a command line is public)",
+    )
+    access.add_argument("--api-key-file", default=None, metavar="FILES", help="files of API keys, one per line")
+    access.add_argument(
+        "--admin-key",
+        default=None,
+        metavar="KEYS",
+        help="bearer tokens for model management (POST /models/{name}/load, unload, warm), which is off without one",
+    )
+    access.add_argument("--admin-key-file", default=None, metavar="FILES", help="files of admin keys, one per line")
+    access.add_argument(
+        "--model-root",
+        default=None,
+        metavar="DIRS",
+        help="comma-separated directories whose checkpoints model management may load (default: none)",
+    )
+    access.add_argument("--ssl-certfile", default=None, metavar="PEM", help="TLS certificate chain: serve HTTPS")
+    access.add_argument("--ssl-keyfile", default=None, metavar="PEM", help="TLS private key (with --ssl-certfile)")
     logs = serve.add_argument_group("logs (see docs/operations.md)")
     logs.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     logs.add_argument(
@@ -202,6 +226,11 @@ def serve_settings(args: argparse.Namespace) -> Any:
         max_request_gflop=args.max_request_gflop,
         max_inference_seconds=args.max_inference_seconds,
     )
+    try:
+        api_keys = read_keys(args.api_key, args.api_key_file, "--api-key")
+        admin_keys = read_keys(args.admin_key, args.admin_key_file, "--admin-key")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     settings = ServerSettings(
         engine=engine_settings(args, max_queue=args.max_queue, limits=limits),
         models=models,
@@ -214,6 +243,11 @@ def serve_settings(args: argparse.Namespace) -> Any:
         log_predictions=args.log_predictions,
         default_deadline_ms=args.default_deadline_ms,
         placement=args.placement,
+        api_keys=api_keys,
+        admin_keys=admin_keys,
+        model_roots=tuple(str(Path(d).resolve()) for d in (args.model_root or "").split(",") if d.strip()),
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
         log_format=args.log_format,
         access_log=not args.no_access_log,
         header_timeout=args.header_timeout,
@@ -224,6 +258,22 @@ def serve_settings(args: argparse.Namespace) -> Any:
     )
     _check_serve_settings(settings)
     return settings
+
+
+def read_keys(values: str | None, files: str | None, what: str) -> tuple[str, ...]:
+    """Keys from a comma-separated ``values`` and from ``files`` (comma-separated paths: one key a
+    line; blank lines and ``#`` comments skipped). Raises ``ValueError`` naming ``what``."""
+    keys = [k.strip() for k in (values or "").split(",") if k.strip()]
+    for name in (f.strip() for f in (files or "").split(",") if f.strip()):
+        try:
+            text = Path(name).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"{what}-file: cannot read {name}: {exc.strerror or exc}") from None
+        keys += [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    for key in keys:
+        if len(key) < 16 or any(c.isspace() or not c.isprintable() for c in key):
+            raise ValueError(f"{what}: a key must be at least 16 printable characters without spaces")
+    return tuple(dict.fromkeys(keys))
 
 
 def parse_autoscale(text: str) -> tuple[int, int]:
@@ -257,6 +307,24 @@ def _check_serve_settings(settings: Any) -> None:
             SeriesStore.from_dir(settings.data)
         except ValueError as exc:
             raise UsageError(f"--data: {exc}") from None
+    _check_tls(settings.ssl_certfile, settings.ssl_keyfile)
+    for root in settings.model_roots:
+        if not Path(root).is_dir():
+            raise UsageError(f"--model-root: not a directory: {root}")
+
+
+def _check_tls(certfile: str | None, keyfile: str | None) -> None:
+    """The certificate and key load together (a wrong pair, a passphrase, a missing file: said now)."""
+    if certfile is None and keyfile is None:
+        return
+    if certfile is None or keyfile is None:
+        raise UsageError(f"{'--ssl-keyfile' if keyfile is None else '--ssl-certfile'} is needed too: TLS takes both")
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile, password=lambda: b"")
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(f"--ssl-certfile/--ssl-keyfile: cannot load {certfile} with {keyfile}: {exc}") from None
 
 
 def serve_parser() -> argparse.ArgumentParser:

@@ -113,7 +113,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     parser = serve_parser()
     config = resolve(parser, args, _after(args.argv, "serve"))
     if args.print_config:
-        print(config.to_toml(serve_actions(parser)), end="")
+        print(config.to_toml(serve_actions(parser), redact=lambda dest: dest in ("api_key", "admin_key")), end="")
         return 0
     args = config.namespace()
     from .server import run
@@ -121,6 +121,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = serve_settings(args)
     if not args.ray and (args.ray_proxy or args.ray_address):
         raise UsageError(f"{'--ray-proxy' if args.ray_proxy else '--ray-address'} needs --ray")
+    if args.ray_proxy and (settings.api_keys or settings.admin_keys or settings.ssl_certfile):
+        raise UsageError("--ray-proxy: API keys and TLS are this front end's, not Serve's proxy's (use --ray)")
     if args.ray:
         if args.http_workers or args.engines > 1:
             raise UsageError("--ray: replicas take the place of --http-workers and --engines (use --replicas)")

@@ -29,6 +29,7 @@ from .errors import (
     DeadlineUnmeetable,
     EngineClosed,
     InferenceError,
+    ModelBusy,
     ModelLoadError,
     PolicyError,
     QueueFull,
@@ -434,6 +435,22 @@ class Engine:
                 retry_after=None if failure.permanent else wait,
                 permanent=failure.permanent,
             )
+
+    def unload(self, model: str) -> bool:
+        """Evict ``model`` now, as the policy's eviction does (its weights kept in the host tier if
+        there is one); False if it was not resident. Raises :class:`ModelBusy` while it is loading,
+        running a batch or has requests queued (the engine never evicts a model in use)."""
+        name = self.canonical(model)
+        entry = self._pool.get(name)
+        if entry is None:
+            return False
+        queued = len(self._queues.get(name) or ())
+        if entry.status != "ready" or entry.running or queued:
+            why = "it is loading" if entry.status != "ready" else f"{entry.running} batch(es) running, {queued} queued"
+            raise ModelBusy(name, why)
+        self._evict(name)
+        self._poke()
+        return True
 
     def load_failures(self) -> dict[str, LoadFailure]:
         """Models whose last load failed (and have not loaded since), with when they are tried again."""

@@ -76,6 +76,16 @@ class ModelLoadError(ChronoserveError):
         hub is not reachable or not allowed): answered without ``Retry-After``, not retried by clients."""
 
 
+class ModelBusy(ChronoserveError):
+    """The model cannot be unloaded now: it is loading, running a batch, or has requests queued."""
+
+    reason = "model_busy"
+
+    def __init__(self, model: str, why: str) -> None:
+        super().__init__(f"model {model!r} cannot be unloaded now: {why}; try again when it is idle")
+        self.model = model
+
+
 class InferenceError(ChronoserveError):
     """The batch this request ran in raised; ``__cause__`` holds the original exception."""
 

@@ -189,10 +189,14 @@ def _setup(
     max_retry_after: float,
     max_body_bytes: int,
     has_session: bool,
+    api_key: str | None = None,
 ) -> tuple[_CallSettings, dict[str, Any]]:
-    """The call settings, and the keyword arguments of the httpx client to build (none with a session)."""
+    """The call settings, and the keyword arguments of the httpx client to build (none with a session).
+    ``api_key``: sent as ``Authorization: Bearer <api_key>`` on every call."""
     if retries < 0:
         raise ValueError(f"retries must be >= 0, got {retries}")
+    if api_key is not None:
+        headers = {**dict(headers or {}), "Authorization": f"Bearer {api_key}"}
     if has_session:
         if transport is not None:
             raise ValueError("give either `session` or `transport`, not both")

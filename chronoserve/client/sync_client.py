@@ -45,6 +45,7 @@ class Client:
     its base URL, timeout and headers apply (``base_url`` and ``headers``, when given, are used on
     each request) and :meth:`close` leaves it open. ``sleep`` waits between retries
     (``time.sleep``; tests pass a recorder). ``max_body_bytes`` bounds the batch bodies sent.
+    ``api_key``: a server's API key (``serve --api-key``), sent as ``Authorization: Bearer``.
     """
 
     def __init__(
@@ -54,6 +55,7 @@ class Client:
         timeout: float | httpx.Timeout | None = 60.0,
         transport: httpx.BaseTransport | None = None,
         headers: Mapping[str, str] | None = None,
+        api_key: str | None = None,
         retries: int = 3,
         max_retry_after: float = 10.0,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
@@ -65,6 +67,7 @@ class Client:
             timeout=timeout,
             transport=transport,
             headers=headers,
+            api_key=api_key,
             retries=retries,
             max_retry_after=max_retry_after,
             max_body_bytes=max_body_bytes,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import ssl
 import threading
 import time
 import urllib.error
@@ -49,8 +50,10 @@ READY_POLL_S = 0.5
 
 
 def _ready(url: str) -> bool:
+    # Our own URL (https with the operator's certificate, which may be self-signed: not verified here).
+    context = ssl._create_unverified_context() if url.startswith("https:") else None
     try:
-        with urllib.request.urlopen(url, timeout=5) as answer:  # our own http:// URL
+        with urllib.request.urlopen(url, timeout=5, context=context) as answer:
             return int(answer.status) == 200
     except (urllib.error.URLError, OSError):
         return False
@@ -98,7 +101,8 @@ def run_on_ray(
     for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which sets its own
         signal.signal(sig, lambda *_: stop.set())
     scale = f"{autoscale[0]}..{autoscale[1]} (autoscaled)" if autoscale else str(replicas)
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}/readyz"
+    scheme = "https" if settings.ssl_certfile else "http"
+    url = f"{scheme}://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}/readyz"
     logging_config = LoggingConfig(log_level=log_level.upper(), enable_access_log=False)
     scaled: dict[str, Any] = {
         "replicas": replicas,
@@ -127,7 +131,7 @@ def run_on_ray(
             if not stop.is_set():  # uvicorn's own signal handlers from here: it drains this front end
                 threading.Thread(
                     target=_say_ready,
-                    args=(url, stop, f"ready: http://{host}:{port}, {scale} engine replica(s) on Ray Serve"),
+                    args=(url, stop, f"ready: {scheme}://{host}:{port}, {scale} engine replica(s) on Ray Serve"),
                     daemon=True,
                 ).start()
                 server.run()

@@ -22,6 +22,7 @@ from chronoserve.models.base import ModelLoader
 from chronoserve.perf import PREDICTION_FIELDS, CsvMetricsLogger, PredictionRecorder
 
 from .access import AccessLog
+from .auth import Auth, Keys
 from .body import BodyReaders
 from .metrics import ServerMetrics
 from .routes import ROUTES, http_exception
@@ -90,7 +91,10 @@ def create_app(
         routes=ROUTES,
         lifespan=lifespan,
         exception_handlers={HTTPException: http_exception},
-        middleware=[Middleware(AccessLog, enabled=runtime.settings.access_log)],
+        middleware=[
+            Middleware(AccessLog, enabled=runtime.settings.access_log),  # outermost: refusals are logged too
+            Middleware(Auth, keys=Keys(runtime.settings.api_keys, runtime.settings.admin_keys)),
+        ],
     )
     app.state.runtime = runtime
     return app

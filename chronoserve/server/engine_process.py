@@ -28,7 +28,7 @@ import zmq.asyncio
 from starlette.applications import Starlette
 
 import chronoserve.server.wire as wire
-from chronoserve.errors import ChronoserveError, EngineClosed
+from chronoserve.errors import ChronoserveError, EngineClosed, UnknownModel
 from chronoserve.request import ForecastRequest, ForecastResult
 
 from .inprocess import call_app
@@ -94,6 +94,12 @@ class EngineServer:
             if engine is None:
                 raise EngineClosed("the engine is not running")
             name = engine.canonical(request.model)
+            if not self.runtime.allowed(name):  # front ends leave this to the engine (model management)
+                raise UnknownModel(
+                    name,
+                    f"model {name!r} is not served here: use a catalog name (GET /models) or one the operator "
+                    "allowed (at start-up or through model management)",
+                )
         except Exception as exc:  # an engine error, or a frame that is not a request
             self._send(peer, [call, wire.ERROR, wire.pack_error(exc)])
             return

@@ -39,6 +39,7 @@ from chronoserve.models.base import ModelLoader
 from chronoserve.placement import Readiness, Router
 from chronoserve.request import ForecastRequest, ForecastResult
 
+from .auth import is_admin_route
 from .inprocess import Answer
 from .remote import ENGINE_RETRY_AFTER, RemoteEngine
 
@@ -229,6 +230,21 @@ class EngineSet:
 
     # -- the other routes ----------------------------------------------------------------------
 
+    async def _every_engine(self, frame: list[Any]) -> Answer:
+        """Model management on every engine (each holds its own models): 200 with each engine's
+        answer (``engines``) if every one succeeded, else the first failure's status with them all."""
+        answers = {}
+        for name, remote in list(zip(self.names, self.remotes, strict=True)):
+            try:
+                status, _, body = await remote.call(list(frame))
+                answers[name] = (int(status), json.loads(bytes(body) or b"null"))
+            except EngineUnavailable as exc:
+                answers[name] = (503, {"detail": str(exc)})
+        failed = [status for status, _ in answers.values() if status != 200]
+        merged = {"engines": {name: body for name, (_, body) in answers.items()}}
+        content = json.dumps(merged).encode()
+        return (failed[0] if failed else 200), [[b"content-type", b"application/json"]], content
+
     def send(self, frame: list[Any]) -> None:
         """A frame that needs no answer (the front end's HTTP counts), to the first engine."""
         if self.remotes:
@@ -242,6 +258,8 @@ class EngineSet:
         if not self.remotes:
             raise EngineUnavailable("no engine is there yet", ENGINE_RETRY_AFTER)
         path = frame[3]
+        if is_admin_route(path) and (len(self.remotes) > 1 or self.named):
+            return await self._every_engine(frame)
         if (len(self.remotes) == 1 and not self.named) or path not in _MERGED:
             status, headers, body = await self.remotes[0].call(frame)
             return status, headers, body

@@ -38,6 +38,7 @@ from chronoserve.errors import EngineUnavailable
 from chronoserve.models.base import ModelLoader
 
 from .access import AccessLog
+from .auth import Auth, Keys
 from .body import ClientGone, read_body
 from .engines import EngineSet
 from .errors import HTTPError, retry_after
@@ -205,7 +206,10 @@ def create_frontend_app(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: http_exception},
-        middleware=[Middleware(AccessLog, enabled=settings.access_log)],
+        middleware=[
+            Middleware(AccessLog, enabled=settings.access_log),  # outermost: refusals are logged too
+            Middleware(Auth, keys=Keys(settings.api_keys, settings.admin_keys)),
+        ],
     )
     app.state.runtime = runtime
     return app

@@ -95,11 +95,14 @@ def _check_media_type(request: Request) -> None:
         )
 
 
-async def _parse(request: Request, runtime: ServerRuntime, schema: type[ModelT]) -> ModelT:
-    """Read the body (bounded in size and time) and validate it strictly: no coercion, finite numbers."""
+async def _parse(request: Request, runtime: ServerRuntime, schema: type[ModelT], optional: bool = False) -> ModelT:
+    """Read the body (bounded in size and time) and validate it strictly: no coercion, finite numbers.
+    ``optional``: no body at all is the schema's defaults."""
     _check_media_type(request)
     s = runtime.settings
     raw = await read_body(request, limit=s.max_body_bytes, timeout=s.body_timeout, readers=runtime.readers)
+    if optional and not raw.strip():
+        raw = b"{}"
     try:
         return schema.model_validate_json(raw)
     except ValidationError as exc:
@@ -111,11 +114,14 @@ async def post(
     route: str,
     schema: type[ModelT],
     work: Callable[[ServerRuntime, ModelT], Awaitable[Any]],
+    *,
+    optional: bool = False,
 ) -> Response:
-    """Read, parse and validate a JSON body, run ``work`` unless the client leaves, answer."""
+    """Read, parse and validate a JSON body, run ``work`` unless the client leaves, answer.
+    ``optional``: a request without a body is the schema's defaults."""
     runtime = runtime_of(request)
     try:
-        parsed = await _parse(request, runtime, schema)
+        parsed = await _parse(request, runtime, schema, optional)
         body = await _unless_disconnected(request, work(runtime, parsed))
     except HTTPError as error:
         return _json_error(runtime, route, error)

@@ -80,6 +80,8 @@ def draining_server(app: ASGIApp, settings: ServerSettings, log_level: str, **wh
         # h11's own limit on an incomplete head: a backstop behind the protocol's 431.
         h11_max_incomplete_event_size=settings.max_header_bytes,
         timeout_graceful_shutdown=math.ceil(settings.drain_timeout) + SHUTDOWN_MARGIN_SECONDS,
+        ssl_certfile=settings.ssl_certfile,
+        ssl_keyfile=settings.ssl_keyfile,
         access_log=False,  # chronoserve's own (server/access.py), on by default
         log_config=None,  # configure_logging's handlers (text or JSON), not uvicorn's own
         **where,

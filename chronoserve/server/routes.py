@@ -28,6 +28,7 @@ from .access import note, request_id
 from .deadlines import header_defaults, with_defaults
 from .errors import HTTPError, invalid
 from .handler import forecast_item
+from .manage import ROUTES as MANAGE_ROUTES
 from .post import ORJSONResponse, ok, post, runtime_of
 from .runtime import ServerRuntime, load_failures
 from .schemas import BatchIn, ForecastIn, openapi_document
@@ -39,8 +40,11 @@ async def _forecast_one(runtime: ServerRuntime, item: ForecastIn, prefix: list[s
     if engine is None or runtime.draining:
         raise HTTPError(503, "the server is shutting down", {"Connection": "close"})
     assert runtime.store is not None
+    # With the engine here, the models HTTP may name are checked here; a front end's engine
+    # process (or replica) checks them itself (EngineServer), where management may add some.
+    allowed = runtime.allowed if runtime.engine is not None else None
     return await forecast_item(
-        engine, runtime.store, item, prefix, default_model=runtime.default_model, allowed=runtime.allowed
+        engine, runtime.store, item, prefix, default_model=runtime.default_model, allowed=allowed
     )
 
 
@@ -238,4 +242,5 @@ ROUTES = [
     Route("/metrics", metrics, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
     Route("/docs", docs, methods=["GET"]),
+    *MANAGE_ROUTES,
 ]

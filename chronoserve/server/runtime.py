@@ -56,6 +56,15 @@ class ServerSettings:
     """A CSV path: one row per batch, the cost model's predicted and the actual latency."""
     default_deadline_ms: float | None = None
     """The deadline of requests that give none (body or header); None: no deadline."""
+    api_keys: tuple[str, ...] = ()
+    """Bearer tokens that open every route but the probes and the scrape (none: open; :mod:`.auth`)."""
+    admin_keys: tuple[str, ...] = ()
+    """Bearer tokens that open model management too (none: model management is off)."""
+    model_roots: tuple[str, ...] = ()
+    """Directories whose checkpoints model management may load (absolute; none: catalog names only)."""
+    ssl_certfile: str | None = None
+    """TLS: the certificate chain (PEM); with ``ssl_keyfile``, the server speaks HTTPS only."""
+    ssl_keyfile: str | None = None
     log_format: str = "text"
     """``text`` or ``json`` (one object per line: :mod:`chronoserve.logs`)."""
     access_log: bool = True
@@ -110,18 +119,26 @@ class ServerRuntime:
     """The canonical name of the default model (set when the engine starts)."""
     extra_models: tuple[str, ...] = ()
     """The canonical names of the operator's ``--models``."""
+    managed: set[str] = field(default_factory=set)
+    """Checkpoint directories loaded through model management (:mod:`.manage`), served until unloaded."""
     loop: asyncio.AbstractEventLoop | None = None
     readers: BodyReaders = field(default_factory=BodyReaders)
     """The handlers reading a body: when draining begins they answer 503 at once."""
     _drain_task: asyncio.Task[None] | None = None
 
     def allowed(self, name: str) -> bool:
-        """HTTP may name catalog models (``random/...``, short names, hub ids) and the operator's models.
+        """HTTP may name catalog models (``random/...``, short names, hub ids), the operator's
+        models, and directories loaded through model management.
 
         ``name`` is canonical (:meth:`Engine.canonical`), so no spelling of a name gets past
         this check that the pool and metrics would not see as the same model.
         """
-        return name == self.default_model or name in self.extra_models or find_entry(name) is not None
+        return (
+            name == self.default_model
+            or name in self.extra_models
+            or name in self.managed
+            or find_entry(name) is not None
+        )
 
     def start(self) -> None:
         """At the start of the app's lifespan: the running loop, and the series (unless given)."""

@@ -148,7 +148,8 @@ class Supervisor:
         children = engines + [_Child(f"http-{i}", frontend(i)) for i in range(self.http_workers)]
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         logger.info(
-            "serving on http://%s:%d with %d front-end process(es) and %d engine process(es)",
+            "serving on %s://%s:%d with %d front-end process(es) and %d engine process(es)",
+            "https" if self.settings.ssl_certfile else "http",
             host,
             port,
             self.http_workers,
