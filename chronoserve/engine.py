@@ -65,7 +65,15 @@ from .policy import (
     WakeAt,
 )
 from .pool import LoadFailure, ModelPool, PoolEntry
-from .request import ForecastRequest, ForecastResult, Timings, check_deadline, check_priority, prepare
+from .request import (
+    ForecastRequest,
+    ForecastResult,
+    Timings,
+    check_deadline,
+    check_priority,
+    clip_below,
+    prepare,
+)
 from .residency import Residency
 from .status import EngineStats, ModelInfo
 from .stopping import BatchStopped, StopSignal
@@ -992,6 +1000,8 @@ class Engine:
             queue = max(0.0, total - load - inference)
             spec = pending.spec
             self.counters["completed"] += 1
+            bound = pending.request.lower_bound
+            quantiles, median, clipped = clip_below(forecast.quantiles, forecast.median, bound)
             result = ForecastResult(
                 request_id=pending.request.request_id,
                 model=spec.name,
@@ -999,12 +1009,14 @@ class Engine:
                 random_weights=spec.random_weights,
                 policy=policy,
                 quantile_levels=pending.prepared.quantile_levels,
-                quantiles=forecast.quantiles,
-                median=forecast.median,
+                quantiles=quantiles,
+                median=median,
                 batch_size=size,
                 cold_start=cold,
                 timings=Timings(queue=queue, load=load, inference=inference, total=total),
                 context_used=len(pending.prepared.context),
+                lower_bound=bound,
+                clipped=clipped,
             )
             self._notify("request_finished", spec.name, "ok", result)
             deadline = pending.queued.deadline

@@ -49,6 +49,10 @@ class ForecastRequest:
     policies see as ``QueuedRequest.deadline``, a time on the engine's clock. ``priority`` is its class, 1 the
     highest, as in Triton; None is the default class, below every numbered one. Policies
     decide what both mean; the built-in ``naive``, ``lru`` and ``batched`` ignore them.
+
+    ``lower_bound``: the least value the quantity can take (0 for a concentration, a count, a
+    price): forecast values below it (the quantiles and the median) are raised to it, and the
+    answer says how many were (:attr:`ForecastResult.clipped`). None: no bound.
     """
 
     model: str
@@ -62,6 +66,7 @@ class ForecastRequest:
     seed: int = 0
     deadline: float | None = None
     priority: int | None = None
+    lower_bound: float | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,10 @@ class ForecastResult:
     served_by: str | None = None
     """Which engine answered, where there are several: ``engine-<i>`` (``serve --engines K``), a
     Ray Serve replica's id (:mod:`chronoserve.ray`); None with one engine."""
+    lower_bound: float | None = None
+    """The request's :attr:`ForecastRequest.lower_bound`, if it had one."""
+    clipped: int = 0
+    """How many values (quantiles and median) were below ``lower_bound`` and were raised to it."""
 
     @property
     def horizon(self) -> int:
@@ -130,7 +139,23 @@ class ForecastResult:
         }
         if self.served_by is not None:
             answer["served_by"] = self.served_by
+        if self.lower_bound is not None:
+            answer["lower_bound"] = self.lower_bound
+            answer["clipped_values"] = self.clipped
         return answer
+
+
+def clip_below(quantiles: FloatArray, median: FloatArray, bound: float | None) -> tuple[FloatArray, FloatArray, int]:
+    """``quantiles`` and ``median`` with every value below ``bound`` raised to it, and how many were
+    (the arrays themselves when none is, or there is no bound). The order of the quantiles holds:
+    raising values to one bound keeps them sorted."""
+    if bound is None:
+        return quantiles, median, 0
+    low = np.float32(bound)
+    count = int(np.count_nonzero(quantiles < low)) + int(np.count_nonzero(median < low))
+    if count == 0:
+        return quantiles, median, 0
+    return np.maximum(quantiles, low), np.maximum(median, low), count
 
 
 #: The largest magnitude accepted in a series. The models compute in float32, where the squares
@@ -199,6 +224,18 @@ def check_deadline(budget: object, field_name: str = "deadline") -> float | None
     return value
 
 
+def check_lower_bound(bound: object) -> float | None:
+    """A request's lower bound: None, or a finite number within the values a series may hold."""
+    if bound is None:
+        return None
+    if isinstance(bound, bool) or not isinstance(bound, (int, float, np.floating, np.integer)):
+        raise InvalidRequest("lower_bound", f"must be a number or null, got {type(bound).__name__}")
+    value = float(bound)
+    if not (math.isfinite(value) and abs(value) <= MAX_ABS_VALUE):
+        raise InvalidRequest("lower_bound", f"must be a finite number within ±{MAX_ABS_VALUE:g}, got {bound!r}")
+    return value
+
+
 def check_priority(priority: object) -> int | None:
     """A request's priority class: None (the default class) or 1 (highest) to MAX_PRIORITY."""
     return None if priority is None else check_int("priority", priority, 1, MAX_PRIORITY)
@@ -236,6 +273,7 @@ def prepare(request: ForecastRequest, spec: ModelSpec, limits: Limits = DEFAULT_
         raise InvalidRequest("target", f"the last {n} points have no observed value (all NaN)")
     levels = _check_levels(request.quantile_levels)
     seed = check_int("seed", request.seed, 0, MAX_SEED)
+    check_lower_bound(request.lower_bound)
     covariates = _count_covariates(request)
     if covariates and not spec.supports_covariates:
         field_name = "past_covariates" if request.past_covariates else "future_covariates"

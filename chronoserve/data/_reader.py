@@ -60,6 +60,9 @@ class SeriesInfo:
     """Fraction of empty cells per column (covariates and target)."""
     source: str
     """The file path, or a description of the embedded data set."""
+    lower_bound: float | None = None
+    """The least value the target can take (0: it cannot be negative): forecasts from this series
+    are clipped to it unless a request says otherwise. None: no bound."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (timestamps in ISO 8601)."""
@@ -73,6 +76,7 @@ class SeriesInfo:
             "covariates": list(self.covariates),
             "missing": dict(self.missing),
             "source": self.source,
+            "lower_bound": self.lower_bound,
         }
 
 

@@ -8,6 +8,7 @@ id (case-insensitively when that is unambiguous) and cuts forecast windows from 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Iterable
 from datetime import datetime
@@ -172,7 +173,9 @@ def _read_embedded() -> tuple[tuple[Series, ...], str | None]:
         elif entry.name.endswith(".csv") and entry.is_file():
             sid = entry.name[: -len(".csv")]
             where = f"{_EMBEDDED_PACKAGE}/{_EMBEDDED_DIR}/{entry.name}"
-            series.append(parse_series(entry.read_bytes(), sid, where, _EMBEDDED_SOURCE.format(id=sid)))
+            read = parse_series(entry.read_bytes(), sid, where, _EMBEDDED_SOURCE.format(id=sid))
+            # PM2.5 is a concentration: a forecast below 0 is clipped to 0 unless a request says otherwise.
+            series.append(dataclasses.replace(read, info=dataclasses.replace(read.info, lower_bound=0.0)))
     if not series:
         raise ValueError(f"{_EMBEDDED_PACKAGE}/{_EMBEDDED_DIR}: no embedded CSV files (broken installation?)")
     return tuple(series), attribution

@@ -73,6 +73,15 @@ def http_field(field_name: str, item: ForecastIn) -> str:
     return f"{mapped}.{rest}" if rest else mapped
 
 
+def _lower_bound(item: ForecastIn, store: SeriesStore) -> float | None:
+    """The item's lower bound: ``nonnegative``, else ``lower_bound``, else its series' own (a ``city``)."""
+    if item.nonnegative is not None:
+        return 0.0 if item.nonnegative else None
+    if item.lower_bound is not None or item.city is None:
+        return item.lower_bound
+    return store.info(item.city).lower_bound
+
+
 def build_request(item: ForecastIn, store: SeriesStore, model: str) -> ItemRequest:
     """The engine request for a validated item and the canonical name of its model.
 
@@ -86,6 +95,7 @@ def build_request(item: ForecastIn, store: SeriesStore, model: str) -> ItemReque
         "seed": item.seed,
         "deadline": None if item.deadline_ms is None else item.deadline_ms / 1000.0,
         "priority": item.priority,
+        "lower_bound": _lower_bound(item, store),
     }
     if item.request_id is not None:
         kwargs["request_id"] = item.request_id
@@ -146,4 +156,7 @@ def result_body(result: ForecastResult, item: ItemRequest) -> dict[str, Any]:
     }
     if result.served_by is not None:
         body["served_by"] = result.served_by
+    if result.lower_bound is not None:
+        body["lower_bound"] = result.lower_bound
+        body["clipped_values"] = result.clipped
     return body

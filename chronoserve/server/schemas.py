@@ -214,6 +214,20 @@ class ForecastIn(BaseModel):
         "(else the `X-Priority` header). Policies decide what it means; `deadline` serves higher classes first.",
     )
 
+    lower_bound: float | None = Field(
+        default=None,
+        ge=-MAX_ABS_VALUE,
+        le=MAX_ABS_VALUE,
+        description="The least value the quantity can take: forecast values below it (quantiles and median) are "
+        "raised to it, and the answer says how many (`clipped_values`). Default: the series' own bound for a "
+        "`city` (0 for the embedded PM2.5 series; see GET /series), none for an inline `target`.",
+        examples=[0.0],
+    )
+    nonnegative: bool | None = Field(
+        default=None,
+        description="`true`: a lower bound of 0; `false`: no bound, not even the series' own. Excludes `lower_bound`.",
+    )
+
     @field_validator("context_hours", "horizon_hours", "seed", "priority", mode="before")
     @classmethod
     def _integral(cls, value: object) -> object:
@@ -247,6 +261,8 @@ def combination_errors(item: ForecastIn) -> list[tuple[str, str]]:
         errors = [(f, f"`{f}` goes with `city`, not with an inline `target`") for f in _CITY_ONLY if getattr(item, f)]
     if item.known_future_covariates and not item.use_covariates:
         errors.append(("known_future_covariates", "needs `use_covariates`"))
+    if item.nonnegative is not None and item.lower_bound is not None:
+        errors.append(("nonnegative", "`nonnegative` and `lower_bound` exclude each other: give one"))
     return errors
 
 
@@ -360,6 +376,12 @@ class ForecastOut(BaseModel):
         default=None,
         description="Which engine answered, where there are several: `engine-<i>` with `serve --engines K`, "
         "the Ray Serve replica's id with `serve --ray`; absent with one engine.",
+    )
+    lower_bound: float | None = Field(
+        default=None, description="The bound the forecast was clipped to (absent: none applied)."
+    )
+    clipped_values: int | None = Field(
+        default=None, description="With `lower_bound`: how many values (quantiles and median) were raised to it."
     )
 
 

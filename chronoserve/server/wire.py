@@ -106,6 +106,7 @@ def pack_request(request: ForecastRequest) -> dict[str, object]:
         "seed": request.seed,
         "deadline": request.deadline,
         "priority": request.priority,
+        "lower_bound": request.lower_bound,
     }
 
 
@@ -122,6 +123,7 @@ def unpack_request(values: Mapping[str, Any]) -> ForecastRequest:
         seed=values["seed"],
         deadline=values["deadline"],
         priority=values["priority"],
+        lower_bound=values.get("lower_bound"),
     )
 
 
@@ -140,11 +142,28 @@ def pack_result(result: ForecastResult) -> list[object]:
         result.cold_start,
         [t.queue, t.load, t.inference, t.total],
         result.context_used,
+        result.lower_bound,
+        result.clipped,
     ]
 
 
 def unpack_result(values: Sequence[Any]) -> ForecastResult:
-    (request_id, model, family, random_weights, policy, levels, quantiles, median, batch, cold, t, used) = values
+    (
+        request_id,
+        model,
+        family,
+        random_weights,
+        policy,
+        levels,
+        quantiles,
+        median,
+        batch,
+        cold,
+        t,
+        used,
+        bound,
+        clipped,
+    ) = values
     return ForecastResult(
         request_id=request_id,
         model=model,
@@ -158,6 +177,8 @@ def unpack_result(values: Sequence[Any]) -> ForecastResult:
         cold_start=cold,
         timings=Timings(*t),
         context_used=used,
+        lower_bound=bound,
+        clipped=clipped,
     )
 
 
