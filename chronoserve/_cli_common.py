@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .models.hub import HubAccess
 from .settings import EngineSettings
+
+if TYPE_CHECKING:
+    from .data import Layout
 
 
 class UsageError(Exception):
@@ -205,3 +208,82 @@ def engine_settings(args: argparse.Namespace, **more: Any) -> EngineSettings:
 def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """Engine constructor arguments (with the loader) from :func:`add_engine_options`' flags."""
     return engine_settings(args).engine_kwargs()
+
+
+def add_data_options(
+    parser: argparse.ArgumentParser,
+    *,
+    target_flags: tuple[str, ...] = ("--target-column",),
+    timestamp: str | None = "timestamp",
+) -> None:
+    """How a user's series files map onto series (``serve --data``, ``forecast --csv``): see
+    :class:`chronoserve.data.Layout`. ``timestamp``: the timestamp column's default (None: the
+    column ``timestamp`` if the file has one, else no timestamps)."""
+    group = parser.add_argument_group("your data (see docs/operations.md)")
+    group.add_argument(*target_flags, dest="target_column", default="pm25", help="the target column (default: pm25)")
+    group.add_argument(
+        "--timestamp-column",
+        default=timestamp,
+        help=f"the timestamp column (default: {timestamp or 'timestamp, if the file has one'})",
+    )
+    group.add_argument(
+        "--timestamp-format",
+        default=None,
+        metavar="FORMAT",
+        help="how timestamps are written, as strptime has it, e.g. '%%d/%%m/%%Y %%H:%%M' for day-first dates "
+        "(default: ISO 8601; offsets such as Z or +08:00 are normalised to UTC)",
+    )
+    group.add_argument(
+        "--id-column", default=None, help="a column naming each row's series: one file holds several (default: none)"
+    )
+    group.add_argument(
+        "--covariates",
+        default=None,
+        metavar="COLUMNS",
+        help="comma-separated covariate columns (default: every other column of numbers)",
+    )
+    group.add_argument(
+        "--delimiter", default=None, help="the CSV delimiter: , ; tab | (default: sniffed from the file)"
+    )
+    group.add_argument(
+        "--lower-bound",
+        type=finite_float,
+        default=None,
+        help="the least value the target can take, e.g. 0 for a quantity that cannot be negative: forecasts "
+        "are clipped to it (default: none; the embedded PM2.5 series: 0)",
+    )
+
+
+def data_layout(args: argparse.Namespace) -> Layout:
+    """The :class:`~chronoserve.data.Layout` of :func:`add_data_options`' flags (a UsageError naming the flag)."""
+    from .data import Layout
+
+    delimiter = args.delimiter
+    if delimiter is not None and delimiter.lower() in ("tab", "\\t"):
+        delimiter = "\t"
+    covariates = None
+    if args.covariates is not None:
+        covariates = tuple(c.strip() for c in args.covariates.split(",") if c.strip())
+    try:
+        return Layout(
+            timestamp=args.timestamp_column or "timestamp",
+            target=args.target_column,
+            id=args.id_column,
+            covariates=covariates,
+            timestamp_format=args.timestamp_format,
+            delimiter=delimiter,
+            lower_bound=args.lower_bound,
+        )
+    except ValueError as exc:
+        flag = "--delimiter" if "delimiter" in str(exc) else "--timestamp-format"
+        raise UsageError(f"{flag}: {exc}") from None
+
+
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value

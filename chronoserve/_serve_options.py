@@ -14,7 +14,9 @@ from typing import Any
 
 from chronoserve._cli_common import (
     UsageError,
+    add_data_options,
     add_engine_options,
+    data_layout,
     engine_settings,
     non_negative_int,
     positive_float,
@@ -56,7 +58,12 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
         default=DEFAULT_MODEL,
         help=f"model when a request names none (default: {DEFAULT_MODEL}, the small Chronos-2 trained here)",
     )
-    serve.add_argument("--data", default=None, help="directory of series CSVs (default: embedded Beijing PM2.5)")
+    serve.add_argument(
+        "--data",
+        default=None,
+        help="a CSV or Parquet file of series, or a directory of them (default: the embedded Beijing PM2.5); "
+        "their layout: the 'your data' options",
+    )
     serve.add_argument(
         "--drain-timeout", type=positive_float, default=30.0, help="seconds to finish queued work on SIGTERM"
     )
@@ -211,6 +218,7 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
         "--ingress-replicas", type=positive_int, default=1, metavar="N", help="with --ray-proxy: HTTP ingresses (1)"
     )
     add_engine_options(serve, backend=SERVE_BACKEND)
+    add_data_options(serve)
 
 
 def serve_settings(args: argparse.Namespace) -> Any:
@@ -219,8 +227,8 @@ def serve_settings(args: argparse.Namespace) -> Any:
     from chronoserve.server import ServerSettings
 
     models = tuple(m.strip() for m in (args.models or "").split(",") if m.strip())
-    if args.data is not None and not Path(args.data).is_dir():
-        raise UsageError(f"--data: not a directory: {args.data}")
+    if args.data is not None and not Path(args.data).exists():
+        raise UsageError(f"--data: no such file or directory: {args.data}")
     limits = Limits(
         max_covariates=args.max_covariates,
         max_request_gflop=args.max_request_gflop,
@@ -238,6 +246,7 @@ def serve_settings(args: argparse.Namespace) -> Any:
         warmup=not args.no_warmup,
         exit_on_error=not args.no_exit_on_error,
         data=args.data,
+        data_layout=data_layout(args),
         max_body_bytes=args.max_body_bytes,
         drain_timeout=args.drain_timeout,
         log_predictions=args.log_predictions,
@@ -304,7 +313,7 @@ def _check_serve_settings(settings: Any) -> None:
             raise UsageError(f"{flag}: {exc.message}") from None
     if settings.data is not None:
         try:
-            SeriesStore.from_dir(settings.data)
+            SeriesStore.from_dir(settings.data, settings.data_layout)
         except ValueError as exc:
             raise UsageError(f"--data: {exc}") from None
     _check_tls(settings.ssl_certfile, settings.ssl_keyfile)

@@ -7,19 +7,23 @@ stays fast.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import math
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from ._cli_common import (
     UsageError,
+    add_data_options,
     add_engine_options,
+    data_layout,
     engine_kwargs,
     positive_int,
     quantiles,
@@ -28,40 +32,78 @@ from .errors import ChronoserveError, InvalidRequest, PolicyError
 from .models.catalog import DEFAULT_MODEL  # the small Chronos-2 trained here (`chronoserve models list`)
 
 
-def _read_series(args: argparse.Namespace) -> list[float]:
+@dataclass(frozen=True)
+class _History:
+    values: list[float]
+    last: datetime | None = None
+    """The last observation's time, when the file has timestamps."""
+    step: timedelta | None = None
+    lower_bound: float | None = None
+
+
+def _read_history(args: argparse.Namespace) -> _History:
     if args.values is not None:
         try:
-            return [float(x) if x.strip().lower() not in ("", "nan") else math.nan for x in args.values.split(",")]
+            values = [float(x) if x.strip().lower() not in ("", "nan") else math.nan for x in args.values.split(",")]
         except ValueError:
             raise UsageError(f"--values: expected comma-separated numbers, got {args.values!r}") from None
+        return _History(values, lower_bound=args.lower_bound)
+    from .data import read_file
+    from .data._table import read_table
+
     path = Path(args.csv)
     if not path.is_file():
         raise UsageError(f"--csv: no such file: {path}")
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        if args.column not in (reader.fieldnames or []):
-            raise UsageError(f"--column: {args.column!r} is not a column of {path} (columns: {reader.fieldnames})")
-        values = []
-        for row in reader:
-            cell = (row[args.column] or "").strip()
-            try:
-                values.append(float(cell) if cell else math.nan)
-            except ValueError:
-                raise UsageError(f"--column {args.column}: not a number: {cell!r}") from None
-        return values
+    layout = data_layout(args)
+    try:
+        table = read_table(path, layout)
+        header = [h.lower() for h in table.header]
+        if args.timestamp_column is None and layout.timestamp.lower() not in header:
+            return _History(_column_values(table, layout), lower_bound=args.lower_bound)  # no timestamps
+        found = read_file(path, layout, hourly=False)
+    except ValueError as exc:
+        raise UsageError(f"--csv: {exc}") from None
+    series = found[0]
+    if len(found) > 1 or args.series is not None:
+        ids = [s.info.id for s in found]
+        picked = [s for s in found if s.info.id == args.series]
+        if not picked:
+            raise UsageError(f"--series: name one of the series in {path}: {', '.join(ids[:20])}")
+        series = picked[0]
+    span, rows = series.info.end - series.info.start, series.info.rows
+    step = span / (rows - 1) if rows > 1 else None
+    bound = args.lower_bound if args.lower_bound is not None else series.info.lower_bound
+    return _History([float(v) for v in series.target], series.info.end, step, bound)
+
+
+def _column_values(table: Any, layout: Any) -> list[float]:
+    """The target column of a table without timestamps, as numbers (empty or nan: a gap)."""
+    header = [h.lower() for h in table.header]
+    if layout.target.lower() not in header:
+        raise ValueError(f"{layout.target!r} is not a column (columns: {table.header}); name it with --column")
+    j = header.index(layout.target.lower())
+    values = []
+    for i, row in enumerate(table.rows):
+        cell = row[j].strip()
+        try:
+            values.append(float(cell) if cell and cell.lower() not in ("nan", "na") else math.nan)
+        except ValueError:
+            raise ValueError(f"line {table.first_line + i}: column {layout.target!r}: not a number: {cell!r}") from None
+    return values
 
 
 def cmd_forecast(args: argparse.Namespace) -> int:
     from .request import ForecastRequest
     from .sync import forecast
 
-    series = _read_series(args)
+    history = _read_history(args)
     request = ForecastRequest(
         model=args.model,
-        target=series,
+        target=history.values,
         horizon=args.horizon,
         context_length=args.context_length,
         quantile_levels=args.quantiles,
+        lower_bound=history.lower_bound,
     )
     result = forecast(request, **engine_kwargs(args))
     assert not isinstance(result, list)
@@ -71,9 +113,16 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     if result.random_weights:
         print(f"# {result.model} has RANDOM weights: these numbers are not forecasts", file=sys.stderr)
     levels = [f"q{q:g}" for q in result.quantile_levels]
-    print("step\tmedian\t" + "\t".join(levels))
+    timed = history.last is not None and history.step is not None
+    print(("time" if timed else "step") + "\tmedian\t" + "\t".join(levels))
     for h in range(result.horizon):
-        print(f"{h + 1}\t{result.median[h]:.4f}\t" + "\t".join(f"{v:.4f}" for v in result.quantiles[h]))
+        if history.last is not None and history.step is not None:
+            when = (history.last + history.step * (h + 1)).isoformat()
+        else:
+            when = str(h + 1)
+        print(f"{when}\t{result.median[h]:.4f}\t" + "\t".join(f"{v:.4f}" for v in result.quantiles[h]))
+    if result.lower_bound is not None and result.clipped:
+        print(f"# {result.clipped} value(s) below {result.lower_bound:g} were raised to it", file=sys.stderr)
     t = result.timings
     print(
         f"# model={result.model} policy={result.policy} context={result.context_used} cold_start={result.cold_start} "
@@ -196,12 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
     fc = sub.add_parser(
         "forecast",
         help="forecast one series from a CSV column or a list of values",
-        description="Forecast one series through the engine and print the median and quantiles per step.",
+        description="Forecast one series through the engine and print the median and quantiles per step "
+        "(per time, when the file has timestamps). The file: CSV (delimiter sniffed) or Parquet.",
     )
     source = fc.add_mutually_exclusive_group(required=True)
-    source.add_argument("--csv", help="CSV file with a header row")
+    source.add_argument("--csv", help="a CSV (or Parquet) file with a header row")
     source.add_argument("--values", help="comma-separated history, oldest first (empty or nan for gaps)")
-    fc.add_argument("--column", default="pm25", help="CSV column to forecast (default: pm25)")
+    fc.add_argument("--series", default=None, help="with --id-column: which series of the file to forecast")
     fc.add_argument(
         "--model", default=DEFAULT_MODEL, help=f"catalog name, random/NAME, hub id or dir (default: {DEFAULT_MODEL})"
     )
@@ -210,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     fc.add_argument("--quantiles", type=quantiles, default=[0.1, 0.5, 0.9], help="levels (default: 0.1,0.5,0.9)")
     fc.add_argument("--json", action="store_true", help="print the result as JSON")
     add_engine_options(fc)
+    add_data_options(fc, target_flags=("--column", "--target-column"), timestamp=None)
     fc.set_defaults(func=cmd_forecast)
     return parser
 

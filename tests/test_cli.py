@@ -63,14 +63,25 @@ def test_forecast_from_values_as_json(capsys):
 
 
 @pytest.mark.torch
-def test_forecast_from_csv_with_gaps(tmp_path, capsys):
+def test_forecast_from_csv_with_gaps_prints_the_times_it_forecasts(tmp_path, capsys):
     path = tmp_path / "s.csv"
-    path.write_text("timestamp,pm25\n" + "".join(f"t{i},{'' if i % 10 == 3 else i}\n" for i in range(60)))
+    rows = "".join(f"2024-01-{1 + i // 24:02d}T{i % 24:02d}:00Z,{'' if i % 10 == 3 else i}\n" for i in range(60))
+    path.write_text("timestamp,pm25\n" + rows)
     assert main(["forecast", "--csv", str(path), "--model", TINY, "--horizon", "3"]) == 0
     captured = capsys.readouterr()
-    assert captured.out.splitlines()[0].startswith("step\tmedian")
-    assert len(captured.out.splitlines()) == 4
+    lines = captured.out.splitlines()
+    assert lines[0].startswith("time\tmedian") and len(lines) == 4
+    # the last row is 2024-01-03 11:00 UTC: the forecast's hours follow it
+    assert [line.split("\t")[0] for line in lines[1:]] == [f"2024-01-03T{h}:00:00" for h in (12, 13, 14)]
     assert "RANDOM weights" in captured.err
+
+
+def test_forecast_from_a_column_without_timestamps_prints_steps(tmp_path, capsys):
+    path = tmp_path / "s.csv"
+    path.write_text("level;other\n" + "".join(f"{i};x\n" for i in range(40)))  # a semicolon CSV
+    assert main(["forecast", "--csv", str(path), "--column", "level", "--model", TINY, "--horizon", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("step\tmedian") and [line.split("\t")[0] for line in lines[1:]] == ["1", "2"]
 
 
 @pytest.mark.parametrize(
@@ -83,7 +94,7 @@ def test_forecast_from_csv_with_gaps(tmp_path, capsys):
         (["forecast", "--values", "1,2,3", "--policy", "nope"], "unknown policy 'nope'"),
         (["forecast", "--values", "1,2,3", "--policy", "lru", "--max-batch", "4"], "max_batch"),
         (["serve", "--policy", "nope"], "unknown policy 'nope'"),
-        (["serve", "--data", "/nonexistent-dir"], "--data: not a directory"),
+        (["serve", "--data", "/nonexistent-dir"], "--data: no such file or directory"),
         (["serve", "--ray", "--engines", "2"], "--ray: replicas take the place of --http-workers and --engines"),
         (["serve", "--ray-proxy"], "--ray-proxy needs --ray"),
         (["serve", "--ray-address", "auto"], "--ray-address needs --ray"),

@@ -16,7 +16,8 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import InvalidRequest
-from ._reader import TARGET, FloatArray, Series, SeriesInfo, parse_series, read_series
+from ._reader import DEFAULT_LAYOUT, TARGET, FloatArray, Series, SeriesInfo, parse_series, read_file
+from ._table import PARQUET_SUFFIXES, Layout
 from ._window import Window, cut_window
 
 _EMBEDDED_PACKAGE = "chronoserve.data"
@@ -58,21 +59,28 @@ class SeriesStore:
         return cls(series, attribution=attribution)
 
     @classmethod
-    def from_dir(cls, path: str | Path) -> SeriesStore:
-        """Every ``*.csv`` file in ``path`` (not recursive; hidden files skipped); id = file stem.
+    def from_dir(cls, path: str | Path, layout: Layout = DEFAULT_LAYOUT) -> SeriesStore:
+        """The series of ``path``: a file (CSV or Parquet), or every such file in a directory (not
+        recursive; hidden files skipped), mapped by ``layout``; a series' id is its file's stem,
+        or its value of ``layout.id``.
 
-        Raises :class:`ValueError` naming the file and the problem when one does not have the
-        layout (``timestamp``, numeric covariates, ``pm25``; one row per hour).
+        Raises :class:`ValueError` naming the file and the problem when one does not fit the
+        layout (one row per hour; see :mod:`chronoserve.data._reader`).
         """
-        directory = Path(path)
-        if not directory.is_dir():
-            raise ValueError(f"{directory}: not a directory")
-        files = sorted(
-            p for p in directory.iterdir() if p.suffix.lower() == ".csv" and not p.name.startswith(".") and p.is_file()
-        )
-        if not files:
-            raise ValueError(f"{directory}: no *.csv files")
-        return cls(read_series(p) for p in files)
+        where = Path(path)
+        if where.is_file():
+            files = [where]
+        elif where.is_dir():
+            files = sorted(
+                p
+                for p in where.iterdir()
+                if p.suffix.lower() in (".csv", *PARQUET_SUFFIXES) and not p.name.startswith(".") and p.is_file()
+            )
+            if not files:
+                raise ValueError(f"{where}: no *.csv or *.parquet files")
+        else:
+            raise ValueError(f"{where}: no such file or directory")
+        return cls(series for p in files for series in read_file(p, layout))
 
     def __len__(self) -> int:
         return len(self._series)
@@ -91,12 +99,12 @@ class SeriesStore:
     def values(self, series_id: str, column: str = TARGET) -> FloatArray:
         """A read-only view of one column of a series, every hour from its start (NaN for gaps)."""
         s = self._get(series_id)
-        if column == TARGET:
+        if column in (TARGET, s.info.target):
             array = s.target
         elif column in s.covariates:
             array = s.covariates[column]
         else:
-            known = ", ".join([TARGET, *s.covariates])
+            known = ", ".join([s.info.target, *s.covariates])
             raise InvalidRequest("column", f"{s.info.id!r} has no column {column!r} (columns: {known})")
         view: FloatArray = array.view()
         view.flags.writeable = False

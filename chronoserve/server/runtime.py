@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypedDict
 
-from chronoserve.data import SeriesStore
+from chronoserve.data import DEFAULT_LAYOUT, Layout, SeriesStore
 from chronoserve.engine import Engine
 from chronoserve.errors import ChronoserveError, ModelLoadError
 from chronoserve.events import EngineObserver
@@ -49,7 +49,9 @@ class ServerSettings:
     one line saying why), as Triton's ``--exit-on-error``; False: keep retrying it with the
     engine's backoff, ``/readyz`` 503 ``default_model_failed`` meanwhile."""
     data: str | None = None
-    """A directory of series CSVs instead of the embedded Beijing PM2.5 data."""
+    """A file (CSV, Parquet) or directory of series instead of the embedded Beijing PM2.5 data."""
+    data_layout: Layout = DEFAULT_LAYOUT
+    """How ``data``'s files map onto series (columns, timestamps, dialect, lower bound)."""
     max_body_bytes: int = 1 << 20
     drain_timeout: float = 30.0
     log_predictions: str | None = None
@@ -145,7 +147,7 @@ class ServerRuntime:
         self.loop = asyncio.get_running_loop()
         if self.store is None:
             s = self.settings
-            self.store = SeriesStore.from_dir(s.data) if s.data else SeriesStore.embedded()
+            self.store = SeriesStore.from_dir(s.data, s.data_layout) if s.data else SeriesStore.embedded()
 
     def name_models(self, canonical: Callable[[object], str]) -> None:
         """The canonical names of the default model and the operator's ``--models``, by ``canonical``
