@@ -46,6 +46,7 @@ from .inprocess import Answer
 from .post import ORJSONResponse
 from .routes import forecast, forecast_batch, healthz, http_exception
 from .runtime import Forecaster, ServerRuntime, ServerSettings, State
+from .v2 import FRONTEND_ROUTES as V2_FRONTEND_ROUTES
 
 logger = logging.getLogger("chronoserve.server")
 
@@ -200,6 +201,7 @@ def create_frontend_app(
         Route("/forecast", forecast, methods=["POST"]),
         Route("/forecast/batch", forecast_batch, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),  # this process is alive, whatever the engine's state
+        *V2_FRONTEND_ROUTES,
         Route("/{path:path}", forward, methods=_METHODS),
     ]
     app = Starlette(

@@ -32,6 +32,7 @@ from .manage import ROUTES as MANAGE_ROUTES
 from .post import ORJSONResponse, ok, post, runtime_of
 from .runtime import ServerRuntime, load_failures
 from .schemas import BatchIn, ForecastIn, openapi_document
+from .v2 import ROUTES as V2_ROUTES
 
 
 async def _forecast_one(runtime: ServerRuntime, item: ForecastIn, prefix: list[str | int]) -> dict[str, Any]:
@@ -243,4 +244,5 @@ ROUTES = [
     Route("/openapi.json", openapi, methods=["GET"]),
     Route("/docs", docs, methods=["GET"]),
     *MANAGE_ROUTES,
+    *V2_ROUTES,
 ]
