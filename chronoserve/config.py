@@ -39,7 +39,7 @@ else:  # pragma: no cover - the backport, a dependency before 3.11
 #: The environment variables' prefix.
 PREFIX = "CHRONOSERVE_"
 #: Variables of that prefix that are not ``serve`` options (read elsewhere, or the file's path).
-NOT_OPTIONS = frozenset({"CHRONOSERVE_CONFIG", "CHRONOSERVE_CACHE"})
+NOT_OPTIONS = frozenset({"CHRONOSERVE_CONFIG", "CHRONOSERVE_CACHE", "CHRONOSERVE_THIRD_PARTY_OUTPUT"})
 #: Options that say where the configuration is, or what to do with it: never set from a source.
 META = frozenset({"config", "print_config"})
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")

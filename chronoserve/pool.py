@@ -62,7 +62,8 @@ class LoadRecord:
 
     model: str
     started: float
-    """When the load was decided (requests that waited for it waited from then, or from their arrival)."""
+    """When the load itself began (requests that waited for it waited on it from then, or from their
+    arrival; a wait before, for the engine's one-time imports, is not the load's)."""
     finished: float
     seconds: float = 0.0
     """How long the load itself ran."""
@@ -105,7 +106,7 @@ class ModelPool:
         entry.load_finished = now
         entry.last_used = now
         self.loads += 1
-        self.last_load[name] = LoadRecord(name, entry.load_started, now, loaded.seconds)
+        self.last_load[name] = LoadRecord(name, loaded.started, now, loaded.seconds)
         self.failed.pop(name, None)
         return entry
 

@@ -75,7 +75,9 @@ class Timings:
 
     ``load`` is the part of the wait spent on loading the request's model (0 when it was
     resident), ``inference`` the run of the batch it was in, and ``queue`` the rest:
-    waiting for a batch to form, for a worker, or behind other models' loads.
+    waiting for a batch to form, for a worker, behind other models' loads, or (a new engine's
+    first requests) for the engine's one-time imports of torch and the model code, which
+    :attr:`EngineStats.import_seconds` reports apart.
     """
 
     queue: float

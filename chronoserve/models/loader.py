@@ -55,6 +55,7 @@ from chronoserve.models.materialize import (
     random_checkpoint_dir,
 )
 from chronoserve.models.materialize import cache_dir as default_cache_dir
+from chronoserve.models.quiet import quiet_third_parties
 
 if TYPE_CHECKING:
     from chronoserve.models.fastload import Checkpoint
@@ -307,6 +308,7 @@ class ChronosLoader(ModelLoader):
         its three pipelines, and with them pandas, and transformers' ``modeling_utils`` (scipy
         through its loss functions, sympy through ``torch.distributed.tensor``).
         """
+        quiet_third_parties()
         import chronos  # noqa: F401
         import safetensors.torch  # noqa: F401
 
@@ -474,6 +476,7 @@ class ChronosLoader(ModelLoader):
             raise errors.ModelLoadError(spec.name, f"reading {spec.source} failed: {e}") from e
 
     def _from_pretrained(self, spec: ModelSpec, dtype: Any) -> Any:
+        quiet_third_parties()
         local = os.path.isdir(spec.source) or cached_weights(spec.source)
         if not local:  # a download: only where allowed, and only if the hub can be reached at all
             hub_id = str(spec.extra.get("hub_id") or spec.source)

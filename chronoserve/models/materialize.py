@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from chronoserve.models.catalog import CatalogEntry, catalog_entry
+from chronoserve.models.quiet import quiet_third_parties
 
 #: The key of the marker ``materialize`` adds to ``config.json``.
 MARKER_KEY = "chronoserve"
@@ -156,6 +157,7 @@ def _write_checkpoint(entry: CatalogEntry, path: Path, seed: int) -> None:
     if entry.checkpoint_dtype != "float32":
         model = model.to(getattr(torch, entry.checkpoint_dtype))
     with TRANSFORMERS_LOCK:
+        quiet_third_parties()
         model.save_pretrained(path)
     config_path = path / CONFIG_FILE
     data = json.loads(config_path.read_text(encoding="utf-8"))
