@@ -7,6 +7,7 @@ module that draws costs nothing until it draws.
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,55 @@ def pyplot() -> Any:
     return plt
 
 
+def fit_suptitle(fig: Any, margin: float = 0.96) -> None:
+    """Wrap ``fig``'s suptitle onto more lines until it fits the figure's width (a title longer
+    than the figure was cut on both sides)."""
+    title = getattr(fig, "_suptitle", None)
+    if title is None or not title.get_text():
+        return
+    renderer = fig.canvas.get_renderer()
+    room = fig.get_window_extent(renderer).width * margin
+    text = " ".join(title.get_text().split())
+    chars = len(text)
+    while chars > 20 and title.get_window_extent(renderer).width > room:
+        chars = int(chars * 0.9)
+        title.set_text(textwrap.fill(text, chars))
+
+
 def save(fig: Any, path: str | os.PathLike[str], *, layout: bool = True) -> Path:
-    """Write ``fig`` to ``path`` as a PNG (after ``tight_layout`` unless ``layout`` is false,
-    for a figure laid out by its caller), close it and return the path."""
+    """Write ``fig`` to ``path`` as a PNG (its suptitle wrapped to fit; after ``tight_layout``
+    unless ``layout`` is false, for a figure laid out by its caller), close it and return the path."""
+    fit_suptitle(fig)
     if layout:
         fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     pyplot().close(fig)
     return Path(path)
+
+
+def legend_outside(ax: Any, **options: Any) -> None:
+    """The axes' legend beside them, on the right, where it covers no data."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=8, **options)
+
+
+def plain_log_axis(axis: Any) -> None:
+    """Tick labels of a log axis as plain numbers (``20,000``, ``0.5``), minor ones included,
+    rather than ``2×10⁴``."""
+    from matplotlib.ticker import FuncFormatter
+
+    def label(value: float, _: object) -> str:
+        if value >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:g}"
+
+    axis.set_major_formatter(FuncFormatter(label))
+    axis.set_minor_formatter(FuncFormatter(lambda v, pos: label(v, pos) if _leading_digit(v) in (2, 5) else ""))
+
+
+def _leading_digit(value: float) -> int:
+    """The first significant digit of ``value`` (> 0): minor ticks labelled at 2 and 5 only."""
+    import math
+
+    if value <= 0:
+        return 0
+    return int(round(value / 10 ** math.floor(math.log10(value)), 6))

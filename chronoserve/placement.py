@@ -37,6 +37,8 @@ PLACEMENTS = ("readiness", "round-robin", "random")
 #: Load estimates charged on top of a start where the model is not, while it is resident elsewhere
 #: (:func:`rank`): the margin by which a queue must outlast a load before the model is copied.
 SPILL = 3.0
+#: Starts this close to the soonest are equal (relative, and seconds): estimates differ by more.
+SAME = (0.25, 0.01)
 #: Ties go to the engine where the model's weights are closest.
 _TIER_RANK: Mapping[str, int] = {"resident": 0, "host": 1, "disk": 2, "hub": 3}
 
@@ -126,25 +128,43 @@ def rank(model: str, views: Sequence[Readiness], first: int = 0, spill: float = 
     engine only once the queue there outlasts a load elsewhere by that margin (hysteresis), and
     models stay where they are instead of being copied back and forth under load.
 
-    Ties (equal estimates, as between engines that all need a load) go to the engine where the
-    model's weights are closest (resident or loading, then host, then disk), then to the one
-    with the least backlog, then to the first at or after ``first`` (a router rotates it, so
-    ties spread instead of piling on engine 0).
+    Where the soonest start needs a load, the starts of the other engines that need one within
+    :data:`SAME` of it (25 %, or 10 ms) are taken as equal: they are load estimates, learned per
+    engine, and differ by their estimators' noise. Among equal starts the request goes to the
+    engine where the model is (resident or loading), then to the one holding the fewest models
+    (a load there pushes out the least: two models taking turns on one engine, each evicting the
+    other, while another engine idles, is what a tie broken by a hair of estimate or by the host
+    tier alone gives), then to the one where its weights are closest (host, then disk), then to
+    the one with the least backlog, then to the first at or after ``first`` (a router rotates
+    it, so ties spread instead of piling on engine 0). The other engines follow by start.
     """
     if not views:
         raise ValueError("no engine to place a request on")
     n = len(views)
     held = any(view.tiers.get(model) == "resident" for view in views)
 
-    def key(i: int) -> tuple[float, int, float, int]:
+    def start(i: int) -> float:
+        view = views[i]
+        at = view.start_in(model)
+        if held and view.tiers.get(model, "disk") != "resident":  # a second copy costs a load, and
+            at += spill * view.ready_in(model)  # pushes another model out
+        return at
+
+    def ties(i: int) -> tuple[int, int, int, float, int]:
         view = views[i]
         tier = view.tiers.get(model, "disk")
-        start = view.start_in(model)
-        if held and tier != "resident":  # a second copy costs a load, and pushes another model out
-            start += spill * view.ready_in(model)
-        return start, _TIER_RANK.get(tier, len(_TIER_RANK)), view.backlog, (i - first) % n
+        there = tier == "resident"
+        crowd = 0 if there else sum(1 for t in view.tiers.values() if t == "resident")
+        return int(not there), crowd, _TIER_RANK.get(tier, len(_TIER_RANK)), view.backlog, (i - first) % n
 
-    return sorted(range(n), key=key)
+    starts = [start(i) for i in range(n)]
+    order = sorted(range(n), key=lambda i: (starts[i], ties(i)))
+    if views[order[0]].tiers.get(model) == "resident":
+        return order  # where the model is, unless its queue outlasts the margin: exactly as estimated
+    # The model must load wherever it goes: loads estimated within SAME of the soonest are equal.
+    loading = [i for i in order if views[i].tiers.get(model) != "resident"]
+    equal = [i for i in loading if starts[i] <= starts[order[0]] * (1.0 + SAME[0]) + SAME[1]]
+    return sorted(equal, key=ties) + [i for i in order if i not in equal]
 
 
 class Router:

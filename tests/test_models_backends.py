@@ -259,12 +259,27 @@ def test_concurrent_loads_in_threads_give_complete_models(loader: ChronosLoader)
     assert meta == []
 
 
-def test_hub_id_without_network_fails_with_model_load_error(loader: ChronosLoader) -> None:
-    spec = loader.resolve("amazon/chronos-bolt-tiny")
-    with pytest.raises(errors.ModelLoadError, match="chronos-bolt-tiny") as info:
-        loader.load(spec)
-    assert info.value.model == "amazon/chronos-bolt-tiny"
-    assert info.value.__cause__ is not None
+def test_hub_id_without_network_fails_with_model_load_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Not allowed: refused before anything (test_hub_access.py has the rest); allowed, with a hub
+    # that cannot be reached (a local port nobody listens on): a permanent load error at once.
+    with pytest.raises(errors.HubNotAllowed):
+        ChronosLoader().resolve("amazon/chronos-bolt-tiny")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("https_proxy", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # the probe itself, not the offline switch
+    allowed = ChronosLoader(allow_hub="*")
+    spec = allowed.resolve("amazon/chronos-bolt-tiny")
+    if allowed.tier(spec) != "hub":
+        pytest.skip("this machine's Hugging Face cache holds amazon/chronos-bolt-tiny")
+    with pytest.raises(errors.ModelLoadError, match="not reachable") as info:
+        allowed.load(spec)
+    assert info.value.model == "amazon/chronos-bolt-tiny" and info.value.permanent
 
 
 def test_loading_a_broken_directory_fails_with_model_load_error(tmp_path: Path, loader: ChronosLoader) -> None:

@@ -46,8 +46,24 @@ def test_ties_go_to_the_closest_weights_then_the_least_busy_then_in_turn() -> No
     assert place("a", [idle, a_in_host]) == 1  # same start (0.5 s): the host copy wins
     assert place("b", [view(backlog=0.1), view(backlog=0.0)]) == 1
     assert [place("c", [idle, idle, idle], first) for first in range(3)] == [0, 1, 2]
+    # A load where another model is resident pushes it out: an empty engine wins the tie, even
+    # against a host copy (two models taking turns on one engine, each evicting the other).
+    b_there_a_in_host = Readiness(backlog=0.0, models={"a": 0.5}, tiers={"a": "host", "b": "resident"}, new_model=0.5)
+    assert place("a", [b_there_a_in_host, idle]) == 1
     with pytest.raises(ValueError, match="no engine"):
         place("a", [])
+
+
+def test_load_estimates_within_noise_of_each_other_are_equal() -> None:
+    # `a` is resident on engine 0; `b` would load on either, estimated 0.19 s there and 0.21 s on
+    # the idle engine 1: the same load, give or take the estimators' noise. On 0 it would push `a`
+    # out (and `a`'s next request would push `b` out in turn): it goes to 1.
+    busy = Readiness(backlog=0.02, models={"a": 0.0, "b": 0.19}, tiers={"a": "resident", "b": "disk"})
+    idle = Readiness(backlog=0.0, models={"b": 0.21}, tiers={"b": "disk"}, new_model=0.2)
+    assert place("b", [busy, idle]) == 1
+    # Beyond the noise the sooner load wins, crowded or not; and where the model is, the exact margin holds.
+    assert place("b", [busy, Readiness(backlog=0.0, models={"b": 0.4}, tiers={"b": "disk"})]) == 0
+    assert place("a", [busy, idle]) == 0
 
 
 def test_the_router_sends_a_burst_for_a_new_model_to_one_engine_until_its_queue_outgrows_the_margin() -> None:

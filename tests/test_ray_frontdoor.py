@@ -156,23 +156,30 @@ async def test_beyond_max_held_requests_are_refused_at_once(tmp_path: Any) -> No
             assert engines.held == 0
 
 
-async def test_the_request_router_offers_the_replica_holding_the_model_first_and_patiently() -> None:
+async def test_the_request_router_waits_for_the_replica_holding_the_model() -> None:
     # Ray's RequestRouter, without a cluster: only what choose_replicas reads of itself and its replicas.
     from chronoserve.placement import Readiness
     from chronoserve.ray.router import PATIENCE, ReadinessRouter
 
     router = object.__new__(ReadinessRouter)
-    router._turn, router._views = 0, {}
+    router._turn, router._views, router._sent = 0, {}, {}
     holds = {
         name: SimpleNamespace(
             replica_id=_ReplicaID(name),
-            routing_stats=Readiness(backlog=0.1, models={name: 0.0, "other": 0.5}, tiers={name: "resident"}).to_dict(),
+            routing_stats=Readiness(
+                backlog=0.1, models={name: 0.0, "other": 0.5}, tiers={name: "resident"}, new_model=0.5
+            ).to_dict(),
         )
         for name in ("a", "b")
     }
-    for model, best, other in (("a", "a", "b"), ("b", "b", "a"), ("a", "a", "b")):
+
+    async def ranks(model: str) -> list[str]:
         pending = SimpleNamespace(metadata=SimpleNamespace(multiplexed_model_id=model))
-        ranks = await router.choose_replicas(list(holds.values()), pending)
-        # Ray moves to the next rank when a probe of this one is late: the holder is tried PATIENCE times.
-        assert [r.replica_id.unique_id for (r,) in ranks] == [best] * PATIENCE + [other]
+        return [r.replica_id.unique_id for (r,) in await router.choose_replicas(list(holds.values()), pending)]
+
+    # Where the model is: that replica alone (Ray asks it again rather than copy the model elsewhere).
+    assert [await ranks(m) for m in ("a", "b", "a")] == [["a"], ["b"], ["a"]]
+    # A model nobody holds: every replica, the best PATIENCE times first (Ray moves on when a probe is late).
+    nobody = await ranks("other")
+    assert len(nobody) == PATIENCE + 1 and nobody[:PATIENCE] == [nobody[0]] * PATIENCE and set(nobody) == {"a", "b"}
     assert await router.choose_replicas([], None) == []

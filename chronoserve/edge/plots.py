@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from chronoserve._plotting import pyplot, save
+from chronoserve._plotting import legend_outside, plain_log_axis, pyplot, save
 
 _CORE = re.compile(r"^cpu(\d+)_percent$")
 
@@ -95,6 +95,7 @@ def plot_latency(path: Path, runs: Sequence[RunData]) -> Path:
     log = bool(medians) and max(medians) > 5 * min(medians)  # runs on different scales: a log axis shows all
     if log:
         ax.set_yscale("log")
+        plain_log_axis(ax.yaxis)
         ax.set_ylim(min(lows) * 0.8, max(tops) * 1.5)
     elif tops:
         ax.set_ylim(0, max(tops) * 1.3)  # a few outliers above the top are cut off; summary.json has the max
@@ -103,7 +104,7 @@ def plot_latency(path: Path, runs: Sequence[RunData]) -> Path:
     what = "query latency, submission to answer" if scenario == "singlestream" else "batch inference time"
     ax.set_ylabel(f"{what} (ms{', log scale' if log else ''})")
     ax.set_title(_title(runs, "Latency over time"))
-    ax.legend(loc="upper right", fontsize=8)
+    legend_outside(ax)
     ax.grid(alpha=0.3)
     return save(fig, path)
 
@@ -143,7 +144,7 @@ def _foreign(run: RunData) -> tuple[np.ndarray, np.ndarray]:
 
 def plot_cpu(path: Path, runs: Sequence[RunData]) -> Path:
     plt = pyplot()
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(13, 7), sharex=True)
     for ax in (top, bottom):
         _shade_warmup(ax, runs)
     outside_drawn = 0
@@ -169,7 +170,7 @@ def plot_cpu(path: Path, runs: Sequence[RunData]) -> Path:
     bottom.set_xlabel("time since the measured part started (s)")
     bottom.set_ylim(bottom=0)
     for ax in (top, bottom):
-        ax.legend(loc="upper right", fontsize=8)
+        legend_outside(ax)  # beside the data, not over it
         ax.grid(alpha=0.3)
     return save(fig, path)
 
@@ -187,42 +188,28 @@ def plot_rss(path: Path, runs: Sequence[RunData]) -> Path:
     ax.set_ylabel("process RSS (MiB)")
     ax.set_ylim(0, top * 1.15 if top > 0 else 1)
     ax.set_title(_title(runs, "Resident memory over time"))
-    ax.legend(loc="lower right", fontsize=8)
+    legend_outside(ax)
     ax.grid(alpha=0.3)
     return save(fig, path)
 
 
-def plot_temperature(path: Path, runs: Sequence[RunData]) -> Path:
+def plot_temperature(path: Path, runs: Sequence[RunData]) -> Path | None:
+    """Temperature over time, or None (no file) where no run could read a sensor."""
+    readings = [(i, run, *run.column(run.samples, "temp_c")) for i, run in enumerate(runs)]
+    readings = [r for r in readings if len(r[2])]
+    if not readings:
+        return None
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(10, 4.5))
-    drawn = 0
-    for i, run in enumerate(runs):
-        t, v = run.column(run.samples, "temp_c")
-        if len(t):
-            ax.plot(t, v, color=f"C{i}", marker=".", label=run.label)
-            drawn += 1
-    if drawn:
-        _shade_warmup(ax, runs)
+    for i, run, t, v in readings:
+        ax.plot(t, v, color=f"C{i}", marker=".", label=run.label)
+    _shade_warmup(ax, runs)
     ax.set_xlabel("time since the measured part started (s)")
     ax.set_ylabel("CPU temperature (°C)")
     ax.set_title(_title(runs, "Temperature over time"))
-    if drawn:
-        source = runs[0].result.get("system", {}).get("sensor_sources", {}).get("temp_c")
-        ax.legend(loc="lower right", fontsize=8, title=f"source: {source}" if source else None)
-        ax.grid(alpha=0.3)
-    else:
-        ax.text(
-            0.5,
-            0.5,
-            "CPU temperature is unavailable on this machine\n(no vcgencmd, no readable thermal zone, no psutil sensor)",
-            transform=ax.transAxes,
-            ha="center",
-            va="center",
-            fontsize=12,
-            color="0.3",
-        )
-        ax.set_xticks([])
-        ax.set_yticks([])
+    source = runs[0].result.get("system", {}).get("sensor_sources", {}).get("temp_c")
+    legend_outside(ax, title=f"source: {source}" if source else None)
+    ax.grid(alpha=0.3)
     return save(fig, path)
 
 
@@ -284,8 +271,10 @@ def plot_all(out: Path, runs: Sequence[RunData]) -> list[Path]:
         plot_latency(out / "latency_over_time.png", runs),
         plot_cpu(out / "cpu_over_time.png", runs),
         plot_rss(out / "rss_over_time.png", runs),
-        plot_temperature(out / "temperature_over_time.png", runs),
     ]
+    temperature = plot_temperature(out / "temperature_over_time.png", runs)  # none without a sensor
+    if temperature is not None:
+        files.append(temperature)
     if len({int(r.result["config"]["batch"]) for r in runs}) > 1:
         files.append(plot_batch_sweep(out / "latency_vs_batch.png", [r.result for r in runs]))
     return files

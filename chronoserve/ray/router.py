@@ -7,9 +7,13 @@ and hands them to :meth:`ReadinessRouter.choose_replicas` with each request's mo
 ``multiplexed_model_id``). The router ranks the replicas with :func:`~chronoserve.placement.rank`,
 one replica a rank, so Ray tries the best first and falls back to the next when a replica is
 full. Ray asks a replica how full it is before sending it a request, and moves on to the next
-rank when the answer is late (0.1 s at first, doubling with each try): on a loaded machine a
-replica holding the model would lose its requests to one that must load it (and push another
-model out), so the best replica is offered ``PATIENCE`` times before the others.
+rank when the answer is late (0.1 s at first, doubling with each try, up to 1 s): on a loaded
+machine a replica holding the model would lose its requests to one that must load it (and push
+another model out, whose requests then move too). So where the best replica holds the model,
+it is the only rank: Ray asks it again (with backoff) until it answers, and a request leaves its
+model's replica only when the ranking itself says so (its queue outlasts a load elsewhere by the
+spill margin). For a model no replica holds, every replica is a rank, the best offered
+``PATIENCE`` times first.
 
 Between two polls the router counts what it routed itself (the model is on its way to that
 replica, one more request's work is queued there), as :class:`~chronoserve.placement.Router` does,
@@ -93,6 +97,8 @@ class ReadinessRouter(RequestRouter):  # type: ignore[misc]  # ray is not analys
         order = rank(model, views, self._turn % len(candidate_replicas))
         self._turn += 1
         best, *rest = (candidate_replicas[i] for i in order)
+        if model and views[order[0]].tiers.get(model) == "resident":
+            return [[best]]  # its model is there: wait for it rather than copy the model on a late probe
         return [[best]] * PATIENCE + [[r] for r in rest]
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chronoserve._plotting import pyplot, save
+from chronoserve._plotting import plain_log_axis, pyplot, save
 
 from .report import PERCENTILES, Summary
 from .runner import Record
@@ -108,6 +108,7 @@ def plot_replay(out: Path, records: Sequence[Record], summary: Summary) -> list[
             edges = np.logspace(np.log10(max(lat.min(), 0.1)), np.log10(lat.max() * 1.01 + 0.1), 40)
             ax.hist(lat, bins=edges)
             ax.set_xscale("log")
+            plain_log_axis(ax.xaxis)
             for p in (50, 99):
                 v = float(np.percentile(lat, p))
                 ax.axvline(v, color="black", linestyle="--", linewidth=1)
@@ -127,15 +128,21 @@ def plot_compare(path: Path, runs: Sequence[tuple[Summary, Sequence[Record]]]) -
     labels = [s.label for s, _ in runs]
 
     ax = axes[0, 0]
-    width = 0.8 / len(PERCENTILES[:-1])
-    for k, p in enumerate(PERCENTILES[:-1]):
+    shown = PERCENTILES[:-1]
+    width = 0.8 / len(shown)
+    top = 0.0
+    for k, p in enumerate(shown):
         values = [s.percentiles["end_to_end"][p] * 1000 for s, _ in runs]
-        ax.bar(np.arange(len(runs)) + k * width, values, width, label=f"p{p:g}")
-    ax.set_xticks(np.arange(len(runs)) + width * (len(PERCENTILES) - 2) / 2, labels)
-    ax.set_yscale("log")
-    ax.set_ylabel("end-to-end latency (ms, log scale)")
+        at = np.arange(len(runs)) + k * width
+        ax.bar(at, values, width, label=f"p{p:g}")
+        for x, v in zip(at, values, strict=True):  # bars from 0 on a linear axis, each with its number
+            ax.text(x, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=7, rotation=90)
+        top = max([top, *values])
+    ax.set_xticks(np.arange(len(runs)) + width * (len(shown) - 1) / 2, labels)
+    ax.set_ylim(0, top * 1.2 if top > 0 else 1)  # room for the numbers
+    ax.set_ylabel("end-to-end latency (ms)")
     ax.set_title("Latency percentiles")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left")
     ax.grid(alpha=0.3, axis="y")
 
     ax = axes[0, 1]
@@ -154,6 +161,7 @@ def plot_compare(path: Path, runs: Sequence[tuple[Summary, Sequence[Record]]]) -
         xs = [getattr(r, when) for r in ok]
         ax.plot(xs, [r.latency * 1000 for r in ok], ".", markersize=3, alpha=0.6, label=s.label)
     ax.set_yscale("log")
+    plain_log_axis(ax.yaxis)
     ax.set_xlabel(when_label)
     ax.set_ylabel("latency (ms, log scale)")
     ax.set_title("Latency over time")
@@ -166,6 +174,7 @@ def plot_compare(path: Path, runs: Sequence[tuple[Summary, Sequence[Record]]]) -
         if cdf.size:
             ax.plot(cdf, np.arange(1, cdf.size + 1) / cdf.size, label=s.label)
     ax.set_xscale("log")
+    plain_log_axis(ax.xaxis)
     ax.set_xlabel("end-to-end latency (ms, log scale)")
     ax.set_ylabel("fraction of requests")
     ax.set_title("Latency CDF")
