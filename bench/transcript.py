@@ -60,8 +60,9 @@ def main() -> int:
     parser.add_argument("heading")
     parser.add_argument("--script", help="a script that prints its own transcript")
     parser.add_argument("--url", default="http://127.0.0.1:8000/readyz")
-    parser.add_argument("server", nargs=argparse.REMAINDER, help="-- the server command")
-    args = parser.parse_args()
+    argv = sys.argv[1:]
+    server = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     lines = args.doc.read_text().splitlines()
     stamp = (
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node() or 'this machine'}, {os.cpu_count()} cores"
@@ -73,8 +74,9 @@ def main() -> int:
         body = [f"`bash {args.script}` ({stamp}):", "", FENCE, *output.splitlines(), FENCE]
         lines = lines[: start + 1] + ["", *body]
     else:
-        command = [c for c in args.server if c != "--"]
-        server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if not server:
+            raise SystemExit("give the server command after --, or --script")
+        running = subprocess.Popen(server, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             _ready(args.url)
             opening, closing = _block(lines, args.heading)
@@ -85,8 +87,8 @@ def main() -> int:
                     new += [line, *_run(line[2:]).splitlines(), ""]
             lines = lines[: opening + 1] + new[:-1] + lines[closing:]
         finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=120)
+            running.send_signal(signal.SIGTERM)
+            running.wait(timeout=120)
     args.doc.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.doc} ({stamp})", file=sys.stderr)
     return 0

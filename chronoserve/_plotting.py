@@ -57,17 +57,22 @@ def legend_outside(ax: Any, **options: Any) -> None:
 
 
 def plain_log_axis(axis: Any) -> None:
-    """Tick labels of a log axis as plain numbers (``20,000``, ``0.5``), minor ones included,
-    rather than ``2×10⁴``."""
+    """Tick labels of a log axis as plain numbers (``20,000``, ``0.5``) rather than ``2×10⁴``; the
+    minor ticks at 2 and 5 labelled too where the axis spans under two decades (wider, they crowd)."""
+    import math
+
     from matplotlib.ticker import FuncFormatter
 
-    def label(value: float, _: object) -> str:
-        if value >= 1000:
-            return f"{value:,.0f}"
-        return f"{value:g}"
+    def label(value: float, _: object = None) -> str:
+        return f"{value:,.0f}" if value >= 1000 else f"{value:g}"
+
+    def minor(value: float, _: object) -> str:
+        low, high = sorted(axis.get_view_interval())
+        narrow = low > 0 and math.log10(high / low) < 2.0
+        return label(value) if narrow and _leading_digit(value) in (2, 5) else ""
 
     axis.set_major_formatter(FuncFormatter(label))
-    axis.set_minor_formatter(FuncFormatter(lambda v, pos: label(v, pos) if _leading_digit(v) in (2, 5) else ""))
+    axis.set_minor_formatter(FuncFormatter(minor))
 
 
 def _leading_digit(value: float) -> int:

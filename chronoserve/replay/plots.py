@@ -112,7 +112,9 @@ def plot_replay(out: Path, records: Sequence[Record], summary: Summary) -> list[
             for p in (50, 99):
                 v = float(np.percentile(lat, p))
                 ax.axvline(v, color="black", linestyle="--", linewidth=1)
-                ax.text(v, ax.get_ylim()[1] * 0.9, f" p{p} {v:.0f} ms", fontsize=8)
+                right = p == 99  # the p99 label left of its line: at the axis' end it would run off it
+                text = f"p{p} {v:,.0f} ms " if right else f" p{p} {v:,.0f} ms"
+                ax.text(v, ax.get_ylim()[1] * 0.9, text, fontsize=8, ha="right" if right else "left")
         ax.set_title(f"{model} ({lat.size} ok)", fontsize=9)
         ax.set_ylabel("requests")
     axes[-1, 0].set_xlabel("end-to-end latency (ms, log scale)")
@@ -141,8 +143,11 @@ def plot_compare(path: Path, runs: Sequence[tuple[Summary, Sequence[Record]]]) -
     ax.set_xticks(np.arange(len(runs)) + width * (len(shown) - 1) / 2, labels)
     ax.set_ylim(0, top * 1.2 if top > 0 else 1)  # room for the numbers
     ax.set_ylabel("end-to-end latency (ms)")
+    from matplotlib.ticker import FuncFormatter
+
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
     ax.set_title("Latency percentiles")
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="upper right")
     ax.grid(alpha=0.3, axis="y")
 
     ax = axes[0, 1]
