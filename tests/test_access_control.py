@@ -4,17 +4,13 @@ open; TLS with a certificate made here (a real `serve` process over HTTPS)."""
 from __future__ import annotations
 
 import datetime
-import os
-import signal
 import ssl
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-from test_serve_process import free_port
+from test_serve_process import serve_process, stop
 from test_server import FAKE, client_for
 
 from chronoserve import cli
@@ -151,15 +147,9 @@ def test_serve_over_https_with_an_api_key(tmp_path: Path) -> None:
     certfile, keyfile = make_certificate(tmp_path)
     keys = tmp_path / "keys"
     keys.write_text(API + "\n")
-    port = free_port()
-    cmd = [
-        sys.executable, "-m", "chronoserve", "serve", "--port", str(port),
-        "--default-model", "random/tiny-chronos-bolt", "--backend", "torch",
-        "--ssl-certfile", str(certfile), "--ssl-keyfile", str(keyfile), "--api-key-file", str(keys),
-    ]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
-    url = f"https://127.0.0.1:{port}"
-    try:
+    options = ["--default-model", "random/tiny-chronos-bolt", "--backend", "torch", "--api-key-file", str(keys)]
+    tls = ["--ssl-certfile", str(certfile), "--ssl-keyfile", str(keyfile)]
+    with serve_process(*options, *tls, scheme="https") as (url, proc):
         with httpx.Client(verify=ssl.create_default_context(cafile=str(certfile)), timeout=120) as client:
             deadline = datetime.datetime.now() + datetime.timedelta(seconds=180)
             while True:  # ready once its model has loaded (warm-up)
@@ -175,10 +165,5 @@ def test_serve_over_https_with_an_api_key(tmp_path: Path) -> None:
             r = client.post(f"{url}/forecast", json={"city": "dongsi", "horizon_hours": 3}, headers=bearer(API))
             assert r.status_code == 200 and len(r.json()["median"]) == 3
         with pytest.raises(httpx.TransportError):  # plain HTTP is not spoken there
-            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=120) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
+            httpx.get(url.replace("https:", "http:") + "/healthz", timeout=10)
+        stop(proc)

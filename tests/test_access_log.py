@@ -6,15 +6,11 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from test_serve_process import free_port, wait_ready
+from test_serve_process import serve_process, stop, wait_ready
 from test_server import FAKE, client_for
 
 from chronoserve.logs import JsonFormatter, configure_logging
@@ -103,29 +99,16 @@ def test_json_logs_are_one_object_per_line_with_the_access_fields(restored_logge
 @pytest.mark.slow
 @pytest.mark.torch
 def test_serve_with_json_logs_writes_json_lines_and_the_access_line(tmp_path) -> None:
-    port = free_port()
-    cmd = [
-        sys.executable, "-m", "chronoserve", "serve", "--port", str(port), "--log-format", "json",
-        "--default-model", "random/tiny-chronos-bolt", "--backend", "torch", "--no-warmup",
-    ]  # fmt: skip
-    log = (tmp_path / "serve.log").open("w+")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env={**os.environ})
-    try:
-        url = f"http://127.0.0.1:{port}"
+    options = ["--log-format", "json", "--default-model", "random/tiny-chronos-bolt", "--backend", "torch"]
+    with (tmp_path / "serve.log").open("w+") as log, serve_process(*options, "--no-warmup", stderr=log) as (url, proc):
         wait_ready(url, proc)
         r = httpx.post(
             f"{url}/forecast", json={"city": "dongsi", "horizon_hours": 4}, headers={"X-Request-ID": "j-1"}, timeout=120
         )
         assert r.status_code == 200 and r.headers["x-request-id"] == "j-1"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=120) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.seek(0)
         written = log.read()
-        log.close()
     records = [json.loads(line) for line in written.splitlines() if line.startswith("{")]
     messages = " ".join(r["message"] for r in records)
     assert "Uvicorn running on" in messages or "Application startup complete" in messages  # uvicorn's, as JSON

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import signal
@@ -9,7 +10,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 import pytest
@@ -26,6 +29,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve_process(*options: str, stderr: Any = subprocess.DEVNULL, scheme: str = "http") -> Iterator[tuple[str, Any]]:
+    """A `chronoserve serve` process with ``options`` on a free port of 127.0.0.1: its URL and the
+    process (killed at the end if still running; :func:`stop` drains it as an operator would)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "chronoserve", "serve", "--port", str(port), *options]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr, env={**os.environ})
+    try:
+        yield f"{scheme}://127.0.0.1:{port}", proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def stop(proc: Any) -> None:
+    """SIGTERM: the server drains and exits 0."""
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 90.0) -> None:

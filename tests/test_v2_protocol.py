@@ -5,16 +5,12 @@ errors as ``{"error": ...}``; and the official ``tritonclient`` against a real `
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 
 import httpx
 import numpy as np
 import pytest
 from test_frontends import pair
-from test_serve_process import free_port, wait_ready
+from test_serve_process import serve_process, stop, wait_ready
 from test_server import FAKE, client_for
 
 from chronoserve.testing import server_settings
@@ -185,23 +181,9 @@ async def test_through_a_front_end(tmp_path) -> None:
 def test_the_official_tritonclient_against_serve(tmp_path) -> None:
     httpclient = pytest.importorskip("tritonclient.http")
     model = "random/tiny-chronos-bolt"
-    port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "chronoserve",
-        "serve",
-        "--port",
-        str(port),
-        "--default-model",
-        model,
-        "--backend",
-        "torch",
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
-    try:
-        wait_ready(f"http://127.0.0.1:{port}", proc, timeout=180)
-        client = httpclient.InferenceServerClient(url=f"127.0.0.1:{port}", network_timeout=120)
+    with serve_process("--default-model", model, "--backend", "torch") as (url, proc):
+        wait_ready(url, proc, timeout=180)
+        client = httpclient.InferenceServerClient(url=url.removeprefix("http://"), network_timeout=120)
         assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(model)
         assert client.get_model_metadata(model)["name"] == model
         series = np.asarray(
@@ -216,16 +198,11 @@ def test_the_official_tritonclient_against_serve(tmp_path) -> None:
         for i in range(2):
             target = [float(v) for v in series[i] if v == v]
             own = httpx.post(
-                f"http://127.0.0.1:{port}/forecast",
+                f"{url}/forecast",
                 json={"target": target, "horizon_hours": 4, "quantile_levels": [0.1, 0.5, 0.9], "model_name": model},
                 timeout=60,
             ).json()
             np.testing.assert_allclose(median[i], own["median"], rtol=1e-5)
             np.testing.assert_allclose(quantiles[i, :, 0], own["quantiles"]["0.1"], rtol=1e-5)
         client.close()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=120) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
+        stop(proc)
