@@ -4,6 +4,8 @@ answer that had a bound says so and how many values it raised."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from test_frontends import BODY as FRONT_BODY
@@ -82,3 +84,27 @@ async def test_the_bound_crosses_to_an_engine_process_and_back(tmp_path) -> None
         )
         assert r.status_code == 200, r.text
         assert r.json()["lower_bound"] == 0.0 and r.json()["clipped_values"] == 12  # q0.1 and q0.3, 6 steps
+
+
+async def test_eval_clips_the_models_and_the_baselines_of_a_bounded_series() -> None:
+    # A series falling to 0 and rising again: the naive baseline's bands from 0 reach below it.
+    from chronoserve.data import SeriesStore
+    from chronoserve.data._reader import parse_series
+    from chronoserve.eval.cells import Cell
+    from chronoserve.eval.grid import Config
+    from chronoserve.eval.lanes import run_baseline, window_request
+    from chronoserve.eval.rundir import SweepProgress
+    from chronoserve.eval.windows import rolling_windows
+
+    rows = "".join(f"2024-01-{1 + i // 24:02d} {i % 24:02d}:00,{abs(47 - i)}\n" for i in range(72))
+    series = parse_series(("timestamp,pm25\n" + rows).encode(), "falling", "falling.csv", "test")
+    bounded = dataclasses.replace(series, info=dataclasses.replace(series.info, lower_bound=0.0))
+    store = SeriesStore([bounded])
+    windows = list(rolling_windows(store.values("falling"), context=24, horizon=12, stride=24, series="falling"))
+    cells = [Cell("falling", windows)]
+    naive = Config("naive", "baseline", False, 24, 12)
+    progress = SweepProgress(1, len(windows), enabled=False)
+    unclipped = await run_baseline(naive, cells, progress)
+    clipped = await run_baseline(naive, cells, progress, store)
+    assert unclipped.rows != clipped.rows  # the bands below 0 were scored as they were, now at 0
+    assert window_request(store, Config("m", "model", True, 24, 12), windows[0]).lower_bound == 0.0

@@ -21,6 +21,7 @@ from chronoserve.eval.baselines import BASELINES
 from chronoserve.eval.grid import COVARIATES, LEVELS, Config, SweepError, SweepSettings, span_rows
 from chronoserve.eval.lanes import window_request
 from chronoserve.eval.windows import EvalWindow, series_data
+from chronoserve.request import clip_below
 
 if TYPE_CHECKING:
     from chronoserve.engine import Engine
@@ -116,7 +117,7 @@ async def forecast_examples(
         for config in configs:
             if config.kind == "baseline":
                 (fc,) = await asyncio.to_thread(BASELINES[config.model], [w.context], horizon, LEVELS)
-                median, quantiles = fc.median, fc.quantiles
+                quantiles, median, _ = clip_below(fc.quantiles, fc.median, store.info(series).lower_bound)
             else:
                 assert engine is not None
                 result = await engine.forecast(window_request(store, config, w))

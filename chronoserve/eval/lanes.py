@@ -24,6 +24,7 @@ from chronoserve.eval.grid import BASELINE_CHUNK, LEVELS, Config
 from chronoserve.eval.metrics import SEASON, score_window
 from chronoserve.eval.rundir import ConfigResult, SweepProgress
 from chronoserve.eval.windows import EvalWindow
+from chronoserve.request import clip_below
 
 if TYPE_CHECKING:
     from chronoserve.engine import Engine
@@ -68,6 +69,7 @@ def window_request(
         past_covariates=past,
         future_covariates=future,
         request_id=f"{w.series}:{c}:{h}:{w.number}",
+        lower_bound=store.info(w.series).lower_bound,  # PM2.5 cannot go below 0: nor may its forecast
     )
 
 
@@ -105,8 +107,11 @@ async def run_model(
     return ConfigResult(config, rows, counts, time.monotonic() - started)
 
 
-async def run_baseline(config: Config, cells: Sequence[Cell], progress: SweepProgress) -> ConfigResult:
-    """The baselines lane: ``config``'s baseline on the usable windows of ``cells``, a chunk at a time in a thread."""
+async def run_baseline(
+    config: Config, cells: Sequence[Cell], progress: SweepProgress, store: SeriesStore | None = None
+) -> ConfigResult:
+    """The baselines lane: ``config``'s baseline on the usable windows of ``cells``, a chunk at a time in a
+    thread; clipped to each series' lower bound (``store``'s) as the models' forecasts are."""
     started = time.monotonic()
     fn = BASELINES[config.model]
     chunk = BASELINE_CHUNK.get(config.model, 16)
@@ -115,9 +120,10 @@ async def run_baseline(config: Config, cells: Sequence[Cell], progress: SweepPro
         for k in range(0, len(cell.usable), chunk):
             part = cell.usable[k : k + chunk]
             forecasts = await asyncio.to_thread(fn, [w.context for w in part], config.horizon, LEVELS)
-            rows.extend(
-                score_row(config, w, f.median, f.quantiles, LEVELS) for w, f in zip(part, forecasts, strict=True)
-            )
+            bound = None if store is None else store.info(cell.series).lower_bound
+            for w, f in zip(part, forecasts, strict=True):
+                quantiles, median, _ = clip_below(f.quantiles, f.median, bound)
+                rows.append(score_row(config, w, median, quantiles, LEVELS))
             progress.windows(len(part))
     counts = {cell.series: cell.counts() for cell in cells}
     return ConfigResult(config, rows, counts, time.monotonic() - started)

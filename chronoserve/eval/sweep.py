@@ -166,7 +166,7 @@ async def run_sweep(
 
         async def baseline_lane() -> None:
             for config in baseline_todo:
-                finished(await run_baseline(config, cells(config), meter))
+                finished(await run_baseline(config, cells(config), meter, store))
 
         await _both(model_lane(), baseline_lane())
         meter.finish()
