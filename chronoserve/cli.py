@@ -24,7 +24,7 @@ from ._cli_common import (
     add_data_options,
     add_engine_options,
     data_layout,
-    engine_kwargs,
+    engine_settings,
     positive_int,
     quantiles,
 )
@@ -97,6 +97,14 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     from .sync import forecast
 
     history = _read_history(args)
+    settings = engine_settings(args)
+    loader = settings.loader()
+    try:  # the name first, before the engine imports torch: a name that is no model fails at once
+        loader.resolve(loader.canonical(args.model))
+    except InvalidRequest as exc:
+        raise UsageError(f"--model: {exc.message}") from None
+    if not args.verbose:  # a failed load is this command's error, said once (below), not also logged
+        logging.getLogger("chronoserve.engine").setLevel(logging.ERROR)
     request = ForecastRequest(
         model=args.model,
         target=history.values,
@@ -105,7 +113,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
         quantile_levels=args.quantiles,
         lower_bound=history.lower_bound,
     )
-    result = forecast(request, **engine_kwargs(args))
+    result = forecast(request, **settings.engine_kwargs(loader))
     assert not isinstance(result, list)
     if args.json:
         print(json.dumps(result.to_dict()))

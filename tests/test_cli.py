@@ -90,6 +90,10 @@ def test_forecast_from_a_column_without_timestamps_prints_steps(tmp_path, capsys
         (["forecast", "--values", "1,2,3", "--model", TINY, "--horizon", "65"], "horizon"),
         (["forecast", "--values", "1,x,3", "--model", TINY], "--values"),
         (["forecast", "--values", "1,2,3", "--model", "no/such-model"], "unknown model"),
+        (
+            ["forecast", "--values", "1,2,3", "--model", "amazon/chronos-bolt-small"],
+            "--model: model 'chronos-bolt-small' is",
+        ),
         (["forecast", "--csv", "/nonexistent.csv"], "no such file"),
         (["forecast", "--values", "1,2,3", "--policy", "nope"], "unknown policy 'nope'"),
         (["forecast", "--values", "1,2,3", "--policy", "lru", "--max-batch", "4"], "max_batch"),
