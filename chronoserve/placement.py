@@ -37,8 +37,9 @@ PLACEMENTS = ("readiness", "round-robin", "random")
 #: Load estimates charged on top of a start where the model is not, while it is resident elsewhere
 #: (:func:`rank`): the margin by which a queue must outlast a load before the model is copied.
 SPILL = 3.0
-#: Starts this close to the soonest are equal (relative, and seconds): estimates differ by more.
-SAME = (0.25, 0.01)
+#: Starts this close to the soonest are equal (relative, and seconds): load estimates learned on a
+#: loaded machine were seen 30-60 % apart for the same load.
+SAME = (0.5, 0.02)
 #: Ties go to the engine where the model's weights are closest.
 _TIER_RANK: Mapping[str, int] = {"resident": 0, "host": 1, "disk": 2, "hub": 3}
 
@@ -129,7 +130,7 @@ def rank(model: str, views: Sequence[Readiness], first: int = 0, spill: float = 
     models stay where they are instead of being copied back and forth under load.
 
     Where the soonest start needs a load, the starts of the other engines that need one within
-    :data:`SAME` of it (25 %, or 10 ms) are taken as equal: they are load estimates, learned per
+    :data:`SAME` of it (50 %, or 20 ms) are taken as equal: they are load estimates, learned per
     engine, and differ by their estimators' noise. Among equal starts the request goes to the
     engine where the model is (resident or loading), then to the one holding the fewest models
     (a load there pushes out the least: two models taking turns on one engine, each evicting the

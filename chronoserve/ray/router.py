@@ -39,6 +39,9 @@ from . import _routers
 
 #: Tries at the best replica before the next (Ray's probe deadline doubles each: 0.1, 0.2, 0.4 s).
 PATIENCE = 3
+#: Seconds a replica has to say how full it is (doubling with each try, up to MAX_PROBE_S).
+PROBE_S = 0.5
+MAX_PROBE_S = 5.0
 #: Placements kept per replica for its next report (a bound, should reports stop coming).
 _MAX_SENT = 10_000
 #: The routing stats' key of when they were taken (wall-clock seconds: ``time.time()``).
@@ -60,6 +63,11 @@ def addresses(app: str, deployment: str) -> dict[str, str]:
 
 class ReadinessRouter(RequestRouter):  # type: ignore[misc]  # ray is not analysed (an extra)
     """Ranks replicas by when each would start the request (queue wait, load estimate by tier)."""
+
+    # Ray gives a replica 0.1 s (doubling to 1 s) to say how full it is before trying another;
+    # a replica that must load the model costs a load, so this router gives it longer.
+    queue_len_response_deadline_s = PROBE_S
+    max_queue_len_response_deadline_s = MAX_PROBE_S
 
     def initialize_state(self, **kwargs: Any) -> None:
         self._turn = 0
